@@ -1,0 +1,3 @@
+"""temarec: TEMA-LLM cross-domain sequential recommendation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from temarec.cli import main
+
+raise SystemExit(main())

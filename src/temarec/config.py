@@ -1,0 +1,269 @@
+"""Typed, frozen configuration: one dataclass per stage, loaded from YAML with ``--set section.key=value``.
+
+The resolved config is written as JSON into every run folder and checkpoint (never pickled), and
+``Config.from_dict`` reads it back, so a run can be reproduced from its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _check(condition: bool, message: str) -> None:
+    """Raise ValueError (never ``assert``: it vanishes under ``python -O``)."""
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_len: int = 50  # longest history a model sees (most recent items kept)
+    num_negatives: int = 999  # sampled protocol: negatives per valid/test instance (C2DSR: 999)
+    negative_seed: int = 2022  # negatives are drawn once per dataset with this seed
+    min_user_interactions: int = 10  # paper filter, for the interactions/amazon importers
+    min_user_per_domain: int = 3
+    min_item_count: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.max_len >= 1, f"data.max_len must be >= 1, got {self.max_len}")
+        _check(self.num_negatives >= 1, f"data.num_negatives must be >= 1, got {self.num_negatives}")
+        _check(self.min_user_interactions >= 2, "data.min_user_interactions must be >= 2 (one for test, one for valid)")
+        _check(self.min_user_per_domain >= 0, "data.min_user_per_domain must be >= 0")
+        _check(self.min_item_count >= 1, "data.min_item_count must be >= 1")
+
+
+@dataclass(frozen=True)
+class TagsConfig:
+    vocab_backend: str = "mined"  # mined | openai | llamacpp
+    match_backend: str = "embedding"  # embedding | keyword | openai | llamacpp
+    tags_per_domain: int = 50  # N in eq. (1)
+    rounds: int = 5  # R in eq. (1) / Algorithm 1
+    selection: str = "hybrid"  # topr | threshold | hybrid (Table VI)
+    representation: str = "weighted"  # onehot | multihot | weighted (Table V)
+    top_r: int = 5
+    theta: float = 70.0
+    max_tags: int = 10  # cap of the hybrid strategy
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    gguf_path: str = ""
+    encoder: str = "all-MiniLM-L6-v2"
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    tags_per_request: int = 25
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_backend in {"mined", "openai", "llamacpp"},
+               f"tags.vocab_backend must be mined, openai or llamacpp, got {self.vocab_backend!r}")
+        _check(self.match_backend in {"embedding", "keyword", "openai", "llamacpp"},
+               f"tags.match_backend must be embedding, keyword, openai or llamacpp, got {self.match_backend!r}")
+        _check(self.selection in {"topr", "threshold", "hybrid"},
+               f"tags.selection must be topr, threshold or hybrid, got {self.selection!r}")
+        _check(self.representation in {"onehot", "multihot", "weighted"},
+               f"tags.representation must be onehot, multihot or weighted, got {self.representation!r}")
+        _check(self.tags_per_domain >= 1 and self.rounds >= 1, "tags.tags_per_domain and tags.rounds must be >= 1")
+        _check(1 <= self.theta <= 100, f"tags.theta is on the 1-100 score scale, got {self.theta}")
+        _check(self.top_r >= 1 and self.max_tags >= self.top_r, "need 1 <= tags.top_r <= tags.max_tags")
+        _check(self.concurrency >= 1 and self.max_retries >= 0 and self.tags_per_request >= 1,
+               "tags.concurrency and tags.tags_per_request must be >= 1, tags.max_retries >= 0")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    text_encoder: str = "all-MiniLM-L6-v2"  # sentence-transformers name or local path (CLIP included)
+    image_encoder: str = ""  # local CLIP path; empty = no image modality
+    batch_size: int = 64
+    image_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "features.batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "sasrec"  # random | pop | gru4rec | sasrec | tema
+    dim: int = 64  # hidden size D (paper, TEMA: q = 256)
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.3
+    # TEMA (Sec. III-E/F)
+    alpha: tuple[float, float, float] = (0.4, 0.2, 0.2)  # ID, image, text; tag gets 1 - sum
+    lambdas: tuple[float, float] = (0.3, 0.1)  # lambda1 (other view), lambda2 (merged view), eqs. (15)-(16)
+    temperature: float = 0.1  # softmax temperature over cosines, eqs. (12)-(13)
+    learn_temperature: bool = True
+    modalities: tuple[str, ...] = ("id", "img", "txt", "tag")
+    views: str = "multi"  # multi = S^X, S^Y, S^{X+Y}; merged = one S^{X+Y} encoder (Table IV ablation)
+    view_reading: str = "target"  # target: X = the target's domain (symmetric); fixed: X = first domain
+    loss: str = "sampled"  # full | sampled (softmax over shared negatives with log-Q correction)
+    num_sampled: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema"},
+               f"model.name must be one of random, pop, gru4rec, sasrec, tema; got {self.name!r}")
+        _check(self.dim >= 1 and self.layers >= 1 and self.heads >= 1, "model.dim/layers/heads must be >= 1")
+        _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(len(self.alpha) == 3 and all(a >= 0 for a in self.alpha) and sum(self.alpha) <= 1.0 + 1e-9,
+               f"model.alpha needs three non-negative weights summing to <= 1, got {self.alpha}")
+        _check(len(self.lambdas) == 2 and all(v >= 0 for v in self.lambdas),
+               f"model.lambdas needs two non-negative weights, got {self.lambdas}")
+        _check(self.temperature > 0, "model.temperature must be > 0")
+        _check(set(self.modalities) <= {"id", "img", "txt", "tag"} and len(self.modalities) >= 1,
+               f"model.modalities must be a non-empty subset of id, img, txt, tag; got {self.modalities}")
+        _check(self.views in {"multi", "merged"}, f"model.views must be multi or merged, got {self.views!r}")
+        _check(self.view_reading in {"target", "fixed"},
+               f"model.view_reading must be target or fixed, got {self.view_reading!r}")
+        _check(self.loss in {"full", "sampled"}, f"model.loss must be full or sampled, got {self.loss!r}")
+        _check(self.num_sampled >= 1, "model.num_sampled must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10  # early stopping on validation MRR
+    seed: int = 42
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+    eval_every: int = 1
+    max_train_s: float = 0.0  # wall-clock budget; 0 = none
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
+        _check(self.eval_every >= 1, "train.eval_every must be >= 1")
+        _check(self.max_train_s >= 0, "train.max_train_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 512
+    ks: tuple[int, ...] = (1, 5, 10)
+    tie_warn_share: float = 0.01  # warn when ranks with > and >= differ on more than this share
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
+        _check(all(k >= 1 for k in self.ks), f"eval.ks must be positive, got {self.ks}")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tags: TagsConfig = field(default_factory=TagsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(sections)
+        _check(not unknown, f"unknown config section(s) {sorted(unknown)}; valid sections: {sorted(sections)}")
+        built = {}
+        for f in dataclasses.fields(cls):
+            section_cls = f.default_factory  # type: ignore[misc]
+            built[f.name] = _build_section(section_cls, f.name, raw.get(f.name) or {})
+        return cls(**built)
+
+    def replace(self, **overrides: str) -> "Config":
+        """``cfg.replace(**{"train.lr": "3e-4"})`` -> new Config, validated."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            _apply_override(raw, key, value)
+        return Config.from_dict(raw)
+
+
+def _build_section(section_cls: type, name: str, values: dict[str, Any]) -> Any:
+    _check(isinstance(values, dict), f"config section {name!r} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(values) - set(fields)
+    _check(not unknown, f"unknown key(s) {sorted(unknown)} in config section {name!r}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(section_cls(), key)
+        kwargs[key] = _coerce(value, default, f"{name}.{key}")
+    return section_cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Coerce a YAML/CLI value to the type of the field's default."""
+    if isinstance(default, bool):
+        _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        if default:
+            return tuple(_coerce(v, default[0], where) for v in value)
+        return tuple(value)
+    if isinstance(default, str):
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply_override(raw: dict[str, Any], key: str, value: str) -> None:
+    parts = key.split(".")
+    _check(len(parts) == 2, f"--set expects section.key=value (e.g. train.lr=3e-4), got {key!r}")
+    section, name = parts
+    _check(section in raw, f"unknown config section {section!r} in --set {key}; valid: {sorted(raw)}")
+    _check(name in raw[section], f"unknown key {name!r} in section {section!r}; valid: {sorted(raw[section])}")
+    parsed = yaml.safe_load(value) if isinstance(value, str) else value
+    if isinstance(raw[section][name], str) and not isinstance(parsed, str):
+        parsed = value  # keep strings verbatim ("model.name=1e3" stays a string)
+    raw[section][name] = parsed
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        _check("=" in pair, f"--set expects section.key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- ``--set`` overrides, validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+        _check(isinstance(raw, dict), f"config file {path} must hold a mapping of sections")
+    cfg = Config.from_dict(raw)
+    return cfg.replace(**parse_overrides(overrides)) if overrides else cfg

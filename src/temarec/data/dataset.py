@@ -1,0 +1,300 @@
+"""The dataset folder: the artifact every importer writes and every later stage reads.
+
+Layout (all written atomically: into a temporary sibling folder, then renamed)::
+
+    DIR/manifest.json        domains, counts, splits, train_source, titles_coverage, source (see README)
+    DIR/items.parquet        item (str, the data's id), domain (str), title, description, image (str or null)
+                             row i is internal index i; the first domain's items come first
+    DIR/train.parquet        user, items (list<int32> internal idx, time order), ts (list<int64>)
+    DIR/valid.parquet        user, history (list<int32>), history_ts (list<int64>), target (int32),
+    DIR/test.parquet         target_ts (int64), domain (int8: 0 or 1, the target's domain)
+    DIR/negatives/valid.npy  (n_valid, num_negatives) int32: the sampled protocol's negatives, drawn once
+    DIR/negatives/test.npy   (n_test, num_negatives) int32
+
+Internal indices never leave the library: public APIs speak the ``item`` column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+EVAL_SPLITS = ("valid", "test")
+ITEM_COLUMNS = ("item", "domain", "title", "description", "image")
+EVAL_COLUMNS = ("user", "history", "history_ts", "target", "target_ts", "domain")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the line (when known) and the problem."""
+
+    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}"
+            if line is not None:
+                where += f", line {line}"
+            where += ": "
+        super().__init__(where + message)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    manifest: dict[str, Any]
+    items: pd.DataFrame
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def domains(self) -> tuple[str, str]:
+        return tuple(self.manifest["domains"])  # type: ignore[return-value]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def domain_sizes(self) -> tuple[int, int]:
+        return tuple(int(self.manifest["items"][d]) for d in self.domains)  # type: ignore[return-value]
+
+    @property
+    def domain_offsets(self) -> tuple[int, int]:
+        """Internal idx range of domain d is [offsets[d], offsets[d] + sizes[d])."""
+        return (0, self.domain_sizes[0])
+
+    def domain_index(self, name: str) -> int:
+        """Domain name ('Food') -> 0/1; raises with the valid names."""
+        if name not in self.domains:
+            raise ValueError(f"unknown domain {name!r}; this dataset has {list(self.domains)}")
+        return self.domains.index(name)
+
+    def domain_of(self, idx: np.ndarray) -> np.ndarray:
+        return (np.asarray(idx) >= self.domain_sizes[0]).astype(np.int8)
+
+    def split(self, name: str) -> pd.DataFrame:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def negatives(self, split: str) -> np.ndarray:
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"negatives exist for {EVAL_SPLITS}, not {split!r}")
+        return np.load(self.root / "negatives" / f"{split}.npy", allow_pickle=False)
+
+    def item_lookup(self) -> dict[str, int]:
+        """The data's item id -> internal idx."""
+        return {item: i for i, item in enumerate(self.items["item"].tolist())}
+
+    def describe(self) -> str:
+        """One line naming the data, for every report."""
+        m = self.manifest
+        src = m.get("source", {}).get("format", "?")
+        return (f"{m.get('name', self.root.name)} ({src}; {' / '.join(f'{d} {m['items'][d]:,} items' for d in self.domains)};"
+                f" train from {m.get('train_source', '?')})")
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Dataset":
+        root = Path(root)
+        manifest_path = root / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataError(f"not a temarec dataset folder (no manifest.json); create one with `temarec prepare`",
+                            root)
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"dataset format {manifest.get('format_version')} is not {FORMAT_VERSION}; "
+                            "re-run `temarec prepare`", manifest_path)
+        frames = {name: pd.read_parquet(root / f"{name}.parquet") for name in ("items", *SPLITS)}
+        return cls(root=root, manifest=manifest, **frames)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def draw_negatives(targets: np.ndarray, target_domains: np.ndarray, sizes: Sequence[int],
+                   num: int, rng: np.random.Generator) -> np.ndarray:
+    """C2DSR protocol: ``num`` negatives uniform over the target's domain, excluding only the target.
+
+    Repeats and history items are allowed (as in C2DSR's sampler). Drawn as offset = 1 + U{0..N-2}
+    added to the target's local id modulo N, which is uniform over the domain minus the target.
+    """
+    out = np.empty((len(targets), num), dtype=np.int32)
+    offsets = np.array([0, sizes[0]])
+    for d in (0, 1):
+        rows = np.flatnonzero(target_domains == d)
+        if len(rows) == 0:
+            continue
+        n = sizes[d]
+        if n < 2:
+            raise DataError(f"domain {d} has {n} item(s); the sampled protocol needs at least 2")
+        local = targets[rows] - offsets[d]
+        shift = rng.integers(1, n, size=(len(rows), num))
+        out[rows] = ((local[:, None] + shift) % n + offsets[d]).astype(np.int32)
+    return out
+
+
+def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame,
+                  test: pd.DataFrame, domains: Sequence[str], train_source: str, source: dict[str, Any],
+                  num_negatives: int = 999, negative_seed: int = 2022, name: str | None = None,
+                  overwrite: bool = False) -> Path:
+    """Validate and write a dataset folder atomically; returns its path."""
+    root = Path(root)
+    if root.exists() and not overwrite and any(root.iterdir()):
+        raise DataError("output folder exists and is not empty; pass --overwrite or choose another --out", root)
+    _validate(items, train, valid, test, domains)
+    sizes = [int((items["domain"] == d).sum()) for d in domains]
+    rng = np.random.default_rng(negative_seed)
+    negatives = {
+        s: draw_negatives(frame["target"].to_numpy(), frame["domain"].to_numpy(), sizes, num_negatives, rng)
+        for s, frame in (("valid", valid), ("test", test))
+    }
+    has_text = items["title"].fillna("").str.strip().ne("") | items["description"].fillna("").str.strip().ne("")
+    users = pd.concat([train["user"], valid["user"], test["user"]]).nunique()
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name or root.name,
+        "domains": list(domains),
+        "items": {d: n for d, n in zip(domains, sizes)},
+        "users": int(users),
+        "interactions": _count_interactions(train, valid, test),
+        "splits": {
+            "train": {d: int(_train_targets(train, sizes[0], i)) for i, d in enumerate(domains)},
+            "valid": {d: int((valid["domain"] == i).sum()) for i, d in enumerate(domains)},
+            "test": {d: int((test["domain"] == i).sum()) for i, d in enumerate(domains)},
+        },
+        "train_source": train_source,
+        "titles_coverage": {d: round(float(has_text[items["domain"] == d].mean()), 4) for d in domains},
+        "negatives": {"per_instance": num_negatives, "seed": negative_seed,
+                      "rule": "uniform over the target's domain, excluding only the target"},
+        "source": source,
+    }
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        items.reset_index(drop=True).to_parquet(tmp / "items.parquet", index=False)
+        for s, frame in (("train", train), ("valid", valid), ("test", test)):
+            frame.reset_index(drop=True).to_parquet(tmp / f"{s}.parquet", index=False)
+        (tmp / "negatives").mkdir()
+        for s, arr in negatives.items():
+            np.save(tmp / "negatives" / f"{s}.npy", arr)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _train_targets(train: pd.DataFrame, n_first: int, d: int) -> int:
+    """Training next-item targets of domain d (every position after the first)."""
+    total = 0
+    for seq in train["items"]:
+        seq = np.asarray(seq)[1:]
+        total += int(((seq >= n_first) == bool(d)).sum())
+    return total
+
+
+def _count_interactions(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame) -> int:
+    return int(sum(len(s) for s in train["items"]) + len(valid) + len(test))
+
+
+def _validate(items: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
+              domains: Sequence[str]) -> None:
+    if len(domains) != 2 or domains[0] == domains[1]:
+        raise DataError(f"need exactly two distinct domain names, got {list(domains)}")
+    missing = set(ITEM_COLUMNS) - set(items.columns)
+    if missing:
+        raise DataError(f"items table lacks columns {sorted(missing)}")
+    unknown = set(items["domain"]) - set(domains)
+    if unknown:
+        raise DataError(f"items have domains {sorted(unknown)} not in {list(domains)}")
+    for d in domains:
+        if (items["domain"] == d).sum() == 0:
+            raise DataError(f"domain {d!r} has no items")
+    first = items["domain"].to_numpy() == domains[0]
+    n0 = int(first.sum())
+    if not first[:n0].all():
+        raise DataError(f"items of {domains[0]!r} must come first in the items table")
+    if items["item"].duplicated().any():
+        dup = items.loc[items["item"].duplicated(), "item"].iloc[0]
+        raise DataError(f"item id {dup!r} appears twice in the items table")
+    n = len(items)
+    for name, frame in (("valid", valid), ("test", test)):
+        missing = set(EVAL_COLUMNS) - set(frame.columns)
+        if missing:
+            raise DataError(f"{name} split lacks columns {sorted(missing)}")
+        if len(frame) == 0:
+            raise DataError(f"{name} split is empty")
+        t = frame["target"].to_numpy()
+        if t.min() < 0 or t.max() >= n:
+            raise DataError(f"{name} split has a target id out of range [0, {n})")
+        if not np.array_equal((t >= n0).astype(np.int8), frame["domain"].to_numpy().astype(np.int8)):
+            raise DataError(f"{name} split: a row's domain does not match its target's domain")
+    for name, column, frame in (("train", "items", train), ("valid", "history", valid), ("test", "history", test)):
+        flat = _flatten(frame[column])
+        if len(flat) and (flat.min() < 0 or flat.max() >= n):
+            raise DataError(f"{name} split has an item id out of range [0, {n})")
+
+
+def _flatten(column: Iterable[Any]) -> np.ndarray:
+    arrays = [np.asarray(x, dtype=np.int64) for x in column]
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
+
+
+def leave_one_out(timelines: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Chronological leave-one-out per user: last = test target, the one before = valid target, rest = train.
+
+    ``timelines``: user, items (list of internal idx, time order), ts (list), n_first (int, items of domain 0).
+    The history of a valid/test instance is everything before its target.
+    """
+    n_first = int(timelines.attrs["n_first"])
+    train_rows, valid_rows, test_rows = [], [], []
+    for user, seq, ts in zip(timelines["user"], timelines["items"], timelines["ts"]):
+        seq = list(seq)
+        ts = list(ts)
+        if len(seq) < 3:
+            raise DataError(f"user {user!r} has {len(seq)} interactions; leave-one-out needs at least 3")
+        train_rows.append((user, seq[:-2], ts[:-2]))
+        valid_rows.append((user, seq[:-2], ts[:-2], seq[-2], ts[-2], int(seq[-2] >= n_first)))
+        test_rows.append((user, seq[:-1], ts[:-1], seq[-1], ts[-1], int(seq[-1] >= n_first)))
+    return (train_frame(train_rows), eval_frame(valid_rows), eval_frame(test_rows))
+
+
+def train_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (user, items, ts) -> the train table."""
+    return pd.DataFrame({
+        "user": [str(r[0]) for r in rows],
+        "items": [np.asarray(r[1], dtype=np.int32) for r in rows],
+        "ts": [np.asarray(r[2], dtype=np.int64) for r in rows],
+    })
+
+
+def eval_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (user, history, history_ts, target, target_ts, domain) -> a valid/test table."""
+    return pd.DataFrame({
+        "user": [str(r[0]) for r in rows],
+        "history": [np.asarray(r[1], dtype=np.int32) for r in rows],
+        "history_ts": [np.asarray(r[2], dtype=np.int64) for r in rows],
+        "target": np.asarray([r[3] for r in rows], dtype=np.int32),
+        "target_ts": np.asarray([r[4] for r in rows], dtype=np.int64),
+        "domain": np.asarray([r[5] for r in rows], dtype=np.int8),
+    })
+

@@ -1,0 +1,113 @@
+"""The one interface every model implements, and the losses they share.
+
+Shape legend: B batch, L sequence length, D hidden size, N items of a domain, P scored positions.
+
+Item tensors hold ``internal idx + 1``; 0 is padding. Histories are left-padded (most recent item last),
+so position L-1 always holds the latest item. Domain 0's items are idx [0, n0), domain 1's [n0, n0 + n1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from temarec.config import ModelConfig
+
+
+@dataclass
+class ModelContext:
+    """What a model may know about the data besides histories: sizes, and content artifacts for TEMA."""
+
+    domain_sizes: tuple[int, int]
+    domains: tuple[str, str] = ("X", "Y")
+    max_len: int = 50
+    item_counts: np.ndarray | None = None  # training frequency per internal idx (pop, log-Q)
+    extras: dict[str, Any] = field(default_factory=dict)  # e.g. features, tag vectors (TEMA)
+
+    @property
+    def n_items(self) -> int:
+        return self.domain_sizes[0] + self.domain_sizes[1]
+
+    def domain_slice(self, domain: int) -> slice:
+        """Rows of the (padded) item matrix that belong to ``domain``: idx + 1 for pad at row 0."""
+        start = 1 + (0 if domain == 0 else self.domain_sizes[0])
+        return slice(start, start + self.domain_sizes[domain])
+
+
+class SequentialModel(nn.Module):
+    """Histories in, one domain's item scores out.
+
+    Subclasses set ``name`` and implement ``training_loss`` and ``score_domain``. Models with no
+    parameters to learn (random, pop) set ``trainable = False`` and are fitted in ``fit_statistics``.
+    """
+
+    name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, cfg: ModelConfig, ctx: ModelContext):
+        super().__init__()
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def fit_statistics(self, item_counts: np.ndarray) -> None:
+        """Called once before training with per-item training counts (internal idx order)."""
+
+    def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs (B, L+1) left-padded training sequences; predict seqs[:, 1:] from seqs[:, :-1]."""
+        raise NotImplementedError(f"{type(self).__name__} has no training loss (trainable = False)")
+
+    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
+        """history (B, L) -> scores (B, N_domain) over all items of ``domain`` (higher = better)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Non-parameter tensors to checkpoint (e.g. popularity counts)."""
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``extra_state``."""
+
+
+def domain_of_ids(ids: torch.Tensor, n_first: int) -> torch.Tensor:
+    """ids (any shape, idx + 1, 0 = pad) -> 0/1 domain of each id (pad reads as domain 0)."""
+    return (ids > n_first).long()
+
+
+def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_matrix: torch.Tensor, ctx: ModelContext,
+                   mode: str, num_sampled: int, chunk: int = 2048) -> torch.Tensor:
+    """Cross-entropy of the next item, softmax restricted to the target's own domain.
+
+    h (P, D) states at scored positions; targets (P,) ids (idx + 1, no padding); item_matrix (1 + N_all, D)
+    with the padding row at 0. ``full``: exact softmax over every item of the target's domain (computed in
+    chunks of positions to bound memory). ``sampled``: per domain, ``num_sampled`` shared negatives drawn
+    uniformly from that domain; uniform sampling means the log-Q correction is a constant per domain and
+    cancels, so only accidental hits of the target are masked.
+    """
+    n_first = ctx.domain_sizes[0]
+    dom = domain_of_ids(targets, n_first)
+    total = h.new_zeros(())
+    for d in (0, 1):
+        rows = torch.nonzero(dom == d, as_tuple=True)[0]
+        if rows.numel() == 0:
+            continue
+        sl = ctx.domain_slice(d)
+        hd, td = h[rows], targets[rows] - sl.start  # local target index within the domain
+        if mode == "full":
+            cand = item_matrix[sl]  # (N, D)
+            for start in range(0, len(rows), chunk):
+                logits = hd[start:start + chunk] @ cand.T  # (P', N)
+                total = total + nn.functional.cross_entropy(logits, td[start:start + chunk], reduction="sum")
+        else:
+            n = ctx.domain_sizes[d]
+            neg = torch.randint(0, n, (min(num_sampled, n),), device=h.device)
+            pos_logit = (hd * item_matrix[targets[rows]]).sum(-1, keepdim=True)  # (P, 1)
+            neg_logits = hd @ item_matrix[neg + sl.start].T  # (P, S)
+            neg_logits = neg_logits.masked_fill(neg[None, :] == td[:, None], float("-inf"))
+            logits = torch.cat([pos_logit, neg_logits], dim=1)
+            total = total + nn.functional.cross_entropy(
+                logits, torch.zeros(len(rows), dtype=torch.long, device=h.device), reduction="sum")
+    return total / max(1, targets.numel())
