@@ -101,8 +101,8 @@ class Dataset:
         """One line naming the data, for every report."""
         m = self.manifest
         src = m.get("source", {}).get("format", "?")
-        return (f"{m.get('name', self.root.name)} ({src}; {' / '.join(f'{d} {m['items'][d]:,} items' for d in self.domains)};"
-                f" train from {m.get('train_source', '?')})")
+        sizes = " / ".join(f"{d} {m['items'][d]:,} items" for d in self.domains)
+        return f"{m.get('name', self.root.name)} ({src}; {sizes}; train from {m.get('train_source', '?')})"
 
     @classmethod
     def load(cls, root: str | Path) -> "Dataset":

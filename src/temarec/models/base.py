@@ -53,6 +53,20 @@ class SequentialModel(nn.Module):
         self.cfg = cfg
         self.ctx = ctx
 
+    @classmethod
+    def context_extras(cls, dataset: Any, cfg: Any) -> dict[str, Any]:
+        """Content a model needs beyond histories (features, tag vectors), read from the dataset folder."""
+        return {}
+
+    @classmethod
+    def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
+        """What produced the model's inputs, for every report: encoders, tag source, notes."""
+        return {"encoders": "none (ID-only model)", "tags": "none (model uses no tags)"}
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The training loss, so DistributedDataParallel sees it through forward()."""
+        return self.training_loss(seqs)
+
     def fit_statistics(self, item_counts: np.ndarray) -> None:
         """Called once before training with per-item training counts (internal idx order)."""
 
@@ -111,3 +125,16 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_matrix: torch.Te
             total = total + nn.functional.cross_entropy(
                 logits, torch.zeros(len(rows), dtype=torch.long, device=h.device), reduction="sum")
     return total / max(1, targets.numel())
+
+
+def pad_histories(histories: list, max_len: int) -> torch.Tensor:
+    """Histories of internal idx (most recent last) -> (B, max_len) ids (idx + 1), left-padded with 0.
+
+    Longer histories keep their ``max_len`` most recent items.
+    """
+    out = torch.zeros(len(histories), max_len, dtype=torch.long)
+    for row, hist in enumerate(histories):
+        hist = np.asarray(hist, dtype=np.int64)[-max_len:]
+        if len(hist):
+            out[row, max_len - len(hist):] = torch.from_numpy(hist + 1)
+    return out

@@ -1,0 +1,156 @@
+"""Evaluation: ranks under both protocols, metrics as small pure functions over ranks, and the report.
+
+Protocols (both always reported):
+- ``sampled`` (C2DSR, the paper's): the target against the dataset's stored 999 negatives from its domain;
+  rank = 1 + #(negative score > target score). The rank with >= is also computed and a warning is logged
+  when the two disagree on more than ``eval.tie_warn_share`` of instances (a collapsed model scores ties).
+- ``full``: the target's rank among all items of its domain, rank = 1 + #(other items scoring higher).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from temarec.config import EvalConfig
+from temarec.data.dataset import Dataset
+from temarec.models.base import SequentialModel, pad_histories
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("sampled", "full")
+METRIC_ORDER = ("mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10")
+
+
+def mrr(ranks: np.ndarray) -> float:
+    """Mean reciprocal rank, untruncated. ranks are 1-based."""
+    return float(np.mean(1.0 / ranks)) if len(ranks) else float("nan")
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 1) when rank <= k, else 0."""
+    if not len(ranks):
+        return float("nan")
+    gains = np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+    return float(np.mean(gains))
+
+
+def hit_at(ranks: np.ndarray, k: int) -> float:
+    return float(np.mean(ranks <= k)) if len(ranks) else float("nan")
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {"mrr": mrr(ranks)}
+    out.update({f"ndcg@{k}": ndcg_at(ranks, k) for k in ks if k > 1})
+    out.update({f"hr@{k}": hit_at(ranks, k) for k in ks})
+    out["n"] = int(len(ranks))
+    return out
+
+
+def expected_random_mrr(num_candidates: int) -> float:
+    """MRR of a random scorer among ``num_candidates``: H(n) / n (0.75% for 1,000)."""
+    return sum(1.0 / r for r in range(1, num_candidates + 1)) / num_candidates
+
+
+@dataclass
+class Ranks:
+    """Per-instance ranks of one split, in the split's row order."""
+
+    sampled: np.ndarray  # 1 + #(neg > target)
+    sampled_ge: np.ndarray  # 1 + #(neg >= target)
+    full: np.ndarray  # 1 + #(other items of the domain > target)
+    domain: np.ndarray  # 0/1 target domain
+
+
+@torch.no_grad()
+def rank_split(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> Ranks:
+    """Score every instance of ``split`` once per domain and rank its target under both protocols."""
+    frame = dataset.split(split)
+    negatives = dataset.negatives(split)
+    domains = frame["domain"].to_numpy()
+    targets = frame["target"].to_numpy()
+    ranks = {name: np.zeros(len(frame), dtype=np.int64) for name in ("sampled", "sampled_ge", "full")}
+    model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    histories = frame["history"].tolist()
+    for d in (0, 1):
+        offset = dataset.domain_offsets[d]
+        rows = np.flatnonzero(domains == d)
+        for start in range(0, len(rows), cfg.batch_size):
+            b = rows[start:start + cfg.batch_size]
+            hist = pad_histories([histories[i] for i in b], max_len).to(device)  # (B, L)
+            scores = model.score_domain(hist, d).float().cpu()  # (B, N)
+            if not torch.isfinite(scores).all():
+                raise FloatingPointError(f"{model.name} produced non-finite scores on {split}; the model diverged")
+            tgt = torch.from_numpy(targets[b].astype(np.int64) - offset)  # (B,)
+            t_score = scores.gather(1, tgt[:, None])  # (B, 1)
+            neg = scores.gather(1, torch.from_numpy(negatives[b].astype(np.int64) - offset))  # (B, 999)
+            ranks["sampled"][b] = 1 + (neg > t_score).sum(1).numpy()
+            ranks["sampled_ge"][b] = 1 + (neg >= t_score).sum(1).numpy()
+            ranks["full"][b] = 1 + (scores > t_score).sum(1).numpy()
+    return Ranks(domain=domains, **ranks)
+
+
+def metrics_from_split_ranks(ranks: Ranks, domains: Sequence[str], cfg: EvalConfig) -> dict[str, Any]:
+    """{"sampled": {domain: metrics}, "full": {...}, "ties": {...}} for one split."""
+    out: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        r = getattr(ranks, protocol)
+        out[protocol] = {name: metrics_from_ranks(r[ranks.domain == d], cfg.ks) for d, name in enumerate(domains)}
+    disagree = float(np.mean(ranks.sampled != ranks.sampled_ge))
+    out["ties"] = {"share_rank_gt_ne_ge": disagree}
+    if disagree > cfg.tie_warn_share:
+        log.warning("ranks with > and >= disagree on %.1f%% of instances: the model scores many candidates "
+                    "equally (collapsed or constant scores); treat its sampled metrics with care", 100 * disagree)
+    return out
+
+
+def evaluate(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> dict[str, Any]:
+    return metrics_from_split_ranks(rank_split(model, dataset, split, cfg, max_len), dataset.domains, cfg)
+
+
+def selection_score(split_metrics: dict[str, Any]) -> float:
+    """Model selection criterion on validation: mean over domains of the sampled MRR."""
+    values = [m["mrr"] for m in split_metrics["sampled"].values()]
+    return float(np.mean(values))
+
+
+def format_table(split_metrics: dict[str, Any], metrics: Sequence[str] = METRIC_ORDER) -> str:
+    """Markdown table in %, one row per (protocol, domain)."""
+    lines = ["| protocol | domain | n | " + " | ".join(m.upper() for m in metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    for protocol in PROTOCOLS:
+        for domain, m in split_metrics[protocol].items():
+            vals = " | ".join(_pct(m[k]) for k in metrics)
+            lines.append(f"| {protocol} | {domain} | {m['n']:,} | {vals} |")
+    return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The printed report: what produced the numbers, then the test (and validation) tables."""
+    p = metrics["protocol"]
+    head = [
+        f"model:     {p['model']}",
+        f"data:      {p['data']}",
+        f"protocol:  sampled = target vs {p['negatives']} stored negatives of its domain (C2DSR); "
+        f"full = rank among all items of the domain; selection on validation ({p['selection']})",
+        f"encoders:  {p['encoders']}",
+        f"tags:      {p['tags']}",
+    ]
+    if p.get("notes"):
+        head.append(f"notes:     {p['notes']}")
+    body = []
+    for split in ("valid", "test"):
+        if split in metrics:
+            body += [f"\n{split} (metrics in %):", format_table(metrics[split])]
+    return "\n".join(head + body)
