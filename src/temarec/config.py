@@ -44,6 +44,7 @@ class TagsConfig:
     match_backend: str = "embedding"  # embedding | keyword | openai | llamacpp
     tags_per_domain: int = 50  # N in eq. (1)
     rounds: int = 5  # R in eq. (1) / Algorithm 1
+    min_votes: int = 0  # votes a tag needs among the R responses (eq. 2); 0 = a majority, R // 2 + 1
     selection: str = "hybrid"  # topr | threshold | hybrid (Table VI)
     representation: str = "weighted"  # onehot | multihot | weighted (Table V)
     top_r: int = 5
@@ -52,12 +53,18 @@ class TagsConfig:
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = ""
     api_key_env: str = "OPENAI_API_KEY"
+    structured_output: str = "auto"  # auto (json_schema, falling back) | json_schema | json_object | none
     gguf_path: str = ""
     encoder: str = "all-MiniLM-L6-v2"
+    embed_cos_range: tuple[float, float] = (0.05, 0.60)  # embedding matching: cosine lo -> score 1, hi -> 100
+    seed: int = 0  # bootstrap resamples of the mined vocabulary
     concurrency: int = 4
     timeout_s: float = 60.0
     max_retries: int = 4
+    retry_backoff_s: float = 1.0  # first wait before a retry; doubles each time
     tags_per_request: int = 25
+    max_failed_share: float = 0.0  # share of items an LLM may fail on and the run still writes its outputs
+    cache_path: str = ""  # SQLite cache of LLM answers and embeddings; empty = DATASET/tags/cache.sqlite
 
     def __post_init__(self) -> None:
         _check(self.vocab_backend in {"mined", "openai", "llamacpp"},
@@ -69,21 +76,34 @@ class TagsConfig:
         _check(self.representation in {"onehot", "multihot", "weighted"},
                f"tags.representation must be onehot, multihot or weighted, got {self.representation!r}")
         _check(self.tags_per_domain >= 1 and self.rounds >= 1, "tags.tags_per_domain and tags.rounds must be >= 1")
+        _check(0 <= self.min_votes <= self.rounds, f"tags.min_votes must be in 0..tags.rounds, got {self.min_votes}")
         _check(1 <= self.theta <= 100, f"tags.theta is on the 1-100 score scale, got {self.theta}")
         _check(self.top_r >= 1 and self.max_tags >= self.top_r, "need 1 <= tags.top_r <= tags.max_tags")
         _check(self.concurrency >= 1 and self.max_retries >= 0 and self.tags_per_request >= 1,
                "tags.concurrency and tags.tags_per_request must be >= 1, tags.max_retries >= 0")
+        _check(self.structured_output in {"auto", "json_schema", "json_object", "none"},
+               f"tags.structured_output must be auto, json_schema, json_object or none, got {self.structured_output!r}")
+        _check(len(self.embed_cos_range) == 2 and -1 <= self.embed_cos_range[0] < self.embed_cos_range[1] <= 1,
+               f"tags.embed_cos_range needs two cosines lo < hi in [-1, 1], got {self.embed_cos_range}")
+        _check(self.timeout_s > 0 and self.retry_backoff_s >= 0, "tags.timeout_s must be > 0, tags.retry_backoff_s >= 0")
+        _check(0 <= self.max_failed_share <= 1, f"tags.max_failed_share must be in [0, 1], got {self.max_failed_share}")
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    text_encoder: str = "all-MiniLM-L6-v2"  # sentence-transformers name or local path (CLIP included)
+    text_encoder: str = "all-MiniLM-L6-v2"  # sentence-transformers name or local path (CLIP included); empty = none
     image_encoder: str = ""  # local CLIP path; empty = no image modality
     batch_size: int = 64
-    image_timeout_s: float = 10.0
+    image_timeout_s: float = 10.0  # per image URL fetch
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N | mps
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "features.batch_size must be >= 1")
+        _check(self.image_timeout_s > 0, "features.image_timeout_s must be > 0")
+        _check(bool(self.text_encoder or self.image_encoder),
+               "features.text_encoder and features.image_encoder are both empty; set at least one")
+        _check(self.device in {"auto", "cpu", "cuda", "mps"} or self.device.startswith("cuda:"),
+               f"features.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +121,7 @@ class ModelConfig:
     modalities: tuple[str, ...] = ("id", "img", "txt", "tag")
     views: str = "multi"  # multi = S^X, S^Y, S^{X+Y}; merged = one S^{X+Y} encoder (Table IV ablation)
     view_reading: str = "target"  # target: X = the target's domain (symmetric); fixed: X = first domain
-    loss: str = "sampled"  # full | sampled (softmax over shared negatives with log-Q correction)
+    loss: str = "sampled"  # full | sampled (shared uniform negatives of the target domain; log-Q is constant)
     num_sampled: int = 1024
 
     def __post_init__(self) -> None:

@@ -103,14 +103,14 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_matrix: torch.Te
     """
     n_first = ctx.domain_sizes[0]
     dom = domain_of_ids(targets, n_first)
-    total = h.new_zeros(())
+    total = h.sum() * 0.0  # connected to the graph, so a batch without targets still backpropagates
     for d in (0, 1):
         rows = torch.nonzero(dom == d, as_tuple=True)[0]
         if rows.numel() == 0:
             continue
         sl = ctx.domain_slice(d)
         hd, td = h[rows], targets[rows] - sl.start  # local target index within the domain
-        if mode == "full":
+        if mode == "full" or num_sampled >= ctx.domain_sizes[d]:  # sampling all items: exact is cheaper
             cand = item_matrix[sl]  # (N, D)
             for start in range(0, len(rows), chunk):
                 logits = hd[start:start + chunk] @ cand.T  # (P', N)

@@ -1,0 +1,32 @@
+# The two set-up commands of the README. Both create .venv if needed (torch==2.13.0 CPU build first, so pip
+# never pulls a multi-GB CUDA build), then run the main job or the full test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: quickstart test install install-dev
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e '.[text,serve]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+quickstart: install
+	$(VENV)/bin/temarec quickstart --out runs/quickstart
+
+test: install-dev
+	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,465 @@
+"""TEMA-LLM (Sec. III-E/F): tag-enriched multimodal items, one causal encoder per (view, modality), fused predictions.
+
+Shape legend: B batch, L sequence length, D hidden size (q in the paper), N items of a domain, M modalities,
+V views (S^{first}, S^{second}, S^{first+second}), E = V*M encoders, T tags, e a frozen feature's size,
+P scored positions, S sampled negatives, U distinct items of a batch.
+
+The readings of the paper this file commits to (what F_m and E_m are, which view is X, how training sees the
+views causally, the temperature, cold items) are argued in docs/DESIGN.md, section "TEMA model".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from temarec.config import ModelConfig
+from temarec.models.base import ModelContext, SequentialModel
+from temarec.models.sasrec import attention_mask
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("id", "img", "txt", "tag")  # the order of alpha1 (id), alpha2 (img), alpha3 (txt); tag gets the rest
+CONTENT = ("img", "txt")  # frozen feature matrices, eqs. (5)-(6)
+MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
+
+
+def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, ...]) -> dict[str, float]:
+    """eq. (13) fusion weights of the modalities in use, renormalised to sum to 1 when some are absent."""
+    raw = {"id": alpha[0], "img": alpha[1], "txt": alpha[2], "tag": 1.0 - sum(alpha)}
+    kept = {m: raw[m] for m in MODALITIES if m in modalities}
+    total = sum(kept.values())
+    if total <= 0:
+        raise ValueError(f"model.alpha {tuple(alpha)} gives zero weight to every modality in use {modalities}; "
+                         "raise the weight of one of them")
+    return {m: w / total for m, w in kept.items()}
+
+
+def view_weights(views: str, reading: str, lambdas: tuple[float, float], domain: int) -> list[float]:
+    """eqs. (15)-(16): weights of the views (first-domain, second-domain, merged) when ``domain`` is the target.
+
+    ``target`` reading: X is the target's own domain, Y the other one. ``fixed``: X is always the first domain.
+    With ``views = merged`` there is one view, S^{X+Y}, with weight 1.
+    """
+    if views == "merged":
+        return [1.0]
+    own = domain if reading == "target" else 0
+    weights = [0.0, 0.0, lambdas[1]]
+    weights[own], weights[1 - own] = 1.0, lambdas[0]
+    return weights
+
+
+def view_gather(ids: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One view of left-padded histories: the kept items in order, left-padded again.
+
+    ids, keep (B, L) -> view_ids (B, L); last (B, L) = slot in view_ids of the latest kept item at or before each
+    position t; has (B, L) = whether there is one. ``view_ids[b, last[b, t]]`` is what view sees after time t.
+    """
+    B, L = ids.shape
+    count = keep.sum(1, keepdim=True)  # (B, 1)
+    seen = keep.long().cumsum(1)  # (B, L) kept items at or before t
+    slot = L - count + seen - 1  # (B, L) right-aligned slot of the latest kept item so far
+    dest = torch.where(keep, slot, torch.full_like(slot, L))  # dropped items go to a spill column
+    view_ids = ids.new_zeros(B, L + 1).scatter_(1, dest, ids)[:, :L]
+    return view_ids, slot.clamp(min=0), seen > 0
+
+
+class ItemEmbeddings(nn.Module):
+    """Per-modality item vectors e_m (eqs. 3-7), each of size D, and the fused item embedding (eq. 9).
+
+    ``id``: learnable rows, zeroed for items never seen in training (cold start: content only).
+    ``img``/``txt``: frozen features (non-persistent buffers, reloaded from the dataset folder), projected to D
+    without bias, so an item without the feature gets a zero vector. ``tag``: w_v @ E_tag with learnable E_tag.
+    """
+
+    def __init__(self, dim: int, ctx: ModelContext, modalities: tuple[str, ...]):
+        super().__init__()
+        n, self.modalities = ctx.n_items, modalities
+        raw_dims = []
+        if "id" in modalities:
+            self.id_emb = nn.Embedding(1 + n, dim, padding_idx=0)  # eq. (4), row 0 = padding
+            nn.init.normal_(self.id_emb.weight, std=dim ** -0.5)
+            counts = ctx.item_counts if ctx.item_counts is not None else [1.0] * n
+            known = torch.cat([torch.zeros(1), (torch.as_tensor(counts, dtype=torch.float32) > 0).float()])
+            self.register_buffer("id_known", known)  # (1 + n,)
+            raw_dims.append(dim)
+        self.proj = nn.ModuleDict()
+        for m in CONTENT:
+            if m in modalities:
+                matrix, mask = ctx.extras["features"][m]  # (n, e), (n,)
+                table = torch.zeros(1 + n, matrix.shape[1])
+                table[1:] = torch.as_tensor(matrix, dtype=torch.float32) * torch.as_tensor(mask)[:, None]
+                self.register_buffer(f"{m}_raw", table, persistent=False)  # eqs. (5)-(6), frozen
+                self.proj[m] = nn.Linear(matrix.shape[1], dim, bias=False)
+                raw_dims.append(matrix.shape[1])
+        if "tag" in modalities:
+            w = torch.as_tensor(ctx.extras["tag_vectors"], dtype=torch.float32)  # (n, T)
+            self.register_buffer("tag_w", torch.cat([torch.zeros(1, w.shape[1]), w]), persistent=False)
+            self.tag_emb = nn.Parameter(torch.randn(w.shape[1], dim) * dim ** -0.5)  # E_tag, eqs. (3)/(7)
+            raw_dims.append(dim)
+        # eq. (9): two-layer GELU MLP over [e_id ⊕ e_img ⊕ e_tex ⊕ e_tag] (raw sizes) to the model's size q = D
+        self.fuse = nn.Sequential(nn.Linear(sum(raw_dims), dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (*) -> (modality vectors (M, *, D), fused embedding (*, D)); both zero at padding."""
+        vecs, raws = [], []
+        for m in self.modalities:
+            if m == "id":
+                v = self.id_emb(ids) * self.id_known[ids, None]  # eq. (4), cold items -> 0
+                raw = v
+            elif m == "tag":
+                v = raw = self.tag_w[ids] @ self.tag_emb  # eq. (7): sum_i w_i E_tag[i]
+            else:
+                raw = getattr(self, f"{m}_raw")[ids]  # eqs. (5)-(6)
+                v = self.proj[m](raw)
+            vecs.append(v)
+            raws.append(raw)
+        fused = self.fuse(torch.cat(raws, -1)) * (ids > 0)[..., None]  # eq. (9)
+        return torch.stack(vecs), fused
+
+
+class StackedLinear(nn.Module):
+    """E independent linear maps applied as one batched matmul: x (E, *, i) -> (E, *, o)."""
+
+    def __init__(self, n: int, d_in: int, d_out: int):
+        super().__init__()
+        bound = d_in ** -0.5  # nn.Linear's default initialisation, per encoder
+        self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.baddbmm(self.bias[:, None], x.reshape(shape[0], -1, shape[-1]), self.weight)  # (E, *, o)
+        return y.view(*shape[:-1], -1)
+
+
+class StackedLayerNorm(nn.Module):
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(n, dim)), nn.Parameter(torch.zeros(n, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (E, B, L, D)
+        return F.layer_norm(x, x.shape[-1:]) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class StackedBlock(nn.Module):
+    """One pre-LN self-attention block (as SASRec's) for E encoders at once: x + attn(LN x), x + FFN(LN x)."""
+
+    def __init__(self, n: int, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln_attn, self.ln_ffn = StackedLayerNorm(n, dim), StackedLayerNorm(n, dim)
+        self.qkv, self.out = StackedLinear(n, dim, 3 * dim), StackedLinear(n, dim, dim)
+        self.ffn_in, self.ffn_out = StackedLinear(n, dim, dim), StackedLinear(n, dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """eq. (10): softmax(Q K^T / sqrt(d_k)) V, x (E, B, L, D), mask (E*B, 1, L, L)."""
+        E, B, L, D = x.shape
+        qkv = self.qkv(x).view(E * B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (EB, H, L, d_k)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (EB, H, L, d_k)
+        return self.out(y.transpose(1, 2).reshape(E, B, L, D))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attend(self.ln_attn(x), mask))  # (E, B, L, D)
+        ffn = self.ffn_out(self.drop(F.relu(self.ffn_in(self.ln_ffn(x)))))
+        return x + self.drop(ffn)  # (E, B, L, D)
+
+
+class StackedEncoders(nn.Module):
+    """The E = V*M independent causal encoders of eqs. (10)-(11), run as batched tensor operations.
+
+    Encoder e = v * M + m has its own positions, blocks and final LayerNorm; no weight is shared. An item's
+    position is its rank among the sequence's items (0 = oldest kept), so left padding changes nothing and the
+    state after item k depends on items 0..k only, in training as at inference (see docs/DESIGN.md).
+    """
+
+    def __init__(self, n: int, dim: int, heads: int, layers: int, dropout: float, max_len: int):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(n, max_len, dim) * 0.02)  # (E, max_len, D)
+        self.blocks = nn.ModuleList(StackedBlock(n, dim, heads, dropout) for _ in range(layers))
+        self.ln_final = StackedLayerNorm(n, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x (E, B, L, D) inputs, valid (E, B, L) non-padding (right-aligned) -> (E, B, L, D) states."""
+        E, B, L, D = x.shape
+        if L > self.pos.shape[1]:
+            raise ValueError(f"sequence length {L} exceeds the positional table (ctx.max_len = {self.pos.shape[1]}); "
+                             "keep the most recent max_len items")
+        first = L - valid.sum(-1, keepdim=True)  # (E, B, 1) slot of the oldest item
+        rank = (torch.arange(L, device=x.device) - first).clamp(min=0)  # (E, B, L)
+        enc = torch.arange(E, device=x.device)[:, None, None]
+        x = self.drop(x + self.pos[enc, rank])  # (E, B, L, D)
+        mask = attention_mask(valid.reshape(E * B, L))  # (E*B, 1, L, L) causal, no padding keys
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_final(x)
+
+
+class TEMA(SequentialModel):
+    """Items (eqs. 3-9) -> three views x M modalities of causal encoders (eqs. 10-11) -> fused scores (12-17)."""
+
+    name = "tema"
+
+    def __init__(self, cfg: ModelConfig, ctx: ModelContext):
+        super().__init__(cfg, ctx)
+        self.modalities = tuple(m for m in MODALITIES if m in ctx.extras.get("modalities", cfg.modalities))
+        missing = [m for m in self.modalities if (m in CONTENT and m not in ctx.extras.get("features", {}))
+                   or (m == "tag" and "tag_vectors" not in ctx.extras)]
+        if missing:
+            raise ValueError(f"TEMA needs {missing} in ctx.extras (built by TEMA.context_extras from the dataset "
+                             "folder); run `temarec features` / `temarec tags`, or drop them from model.modalities")
+        self.alpha = modality_weights(cfg.alpha, self.modalities)
+        self.n_views = 3 if cfg.views == "multi" else 1
+        V, M, D = self.n_views, len(self.modalities), cfg.dim
+        self.register_buffer("log_alpha", torch.log(torch.tensor([self.alpha[m] for m in self.modalities])),
+                             persistent=False)  # (M,)
+        self.items = ItemEmbeddings(D, ctx, self.modalities)
+        self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len)
+        self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
+        log_tau = torch.full((V, M), math.log(cfg.temperature))  # one temperature per (view, modality)
+        if cfg.learn_temperature:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau)
+
+    # ---- inputs --------------------------------------------------------------------------------------------
+    def views(self, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sec. III-A/F: seqs (B, L) merged history -> view_ids, last, has, each (V, B, L) (see view_gather)."""
+        real = seqs > 0
+        second = seqs > self.ctx.domain_sizes[0]
+        keeps = [real & ~second, real & second, real] if self.n_views == 3 else [real]  # S^X, S^Y, S^{X+Y}
+        return tuple(torch.stack(t) for t in zip(*(view_gather(seqs, k) for k in keeps)))  # type: ignore[return-value]
+
+    def encode(self, view_ids: torch.Tensor) -> torch.Tensor:
+        """view_ids (V, B, L) -> h (V, M, B, L, D): every view's sequence through each modality's encoder."""
+        V, B, L = view_ids.shape
+        M = len(self.modalities)
+        uniq, inv = torch.unique(view_ids, return_inverse=True)  # each distinct item embedded once
+        vecs, fused = self.items(uniq)  # (M, U, D), (U, D)
+        f = (vecs + fused)[:, inv]  # (M, V, B, L, D): F_m = e_m + e_item (eq. 9 feeds every encoder)
+        x = f.transpose(0, 1).reshape(V * M, B, L, -1)  # (E, B, L, D)
+        valid = (view_ids > 0)[:, None].expand(V, M, B, L).reshape(V * M, B, L)
+        return self.encoders(x, valid).view(V, M, B, L, -1)  # eqs. (10)-(11)
+
+    # ---- eqs. (12)-(13) ------------------------------------------------------------------------------------
+    def logits(self, h: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity over the temperature: h (V, M, P, D), cand (M, C, D) -> (V, M, P, C)."""
+        tau = self.log_tau.exp().clamp(min=MIN_TEMPERATURE)[:, :, None, None]
+        return torch.einsum("vmpd,mcd->vmpc", F.normalize(h, dim=-1), F.normalize(cand, dim=-1)) / tau
+
+    def domain_items(self, domain: int) -> torch.Tensor:
+        """(M, N, D) per-modality item matrices E_m^{domain} of eqs. (12)-(13)."""
+        sl = self.ctx.domain_slice(domain)
+        return self.items(torch.arange(sl.start, sl.stop, device=self.log_alpha.device))[0]
+
+    def mixture_log_prob(self, log_p: torch.Tensor) -> torch.Tensor:
+        """eq. (13) fusion in log space: log sum_m alpha_m P_m. log_p (V, M, P) -> (V, P)."""
+        return torch.logsumexp(self.log_alpha[None, :, None] + log_p, dim=1)
+
+    def _full_log_prob(self, h: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Exact: h (V, M, P, D), cand (M, N, D), target (P,) local index -> log P^V(target) (V, P)."""
+        z = self.logits(h, cand)  # (V, M, P, N)
+        log_p = z.gather(-1, target.expand(*z.shape[:2], -1)[..., None])[..., 0] - z.logsumexp(-1)  # (V, M, P)
+        return self.mixture_log_prob(log_p)
+
+    def _sampled_log_prob(self, h: torch.Tensor, target: torch.Tensor, domain: int) -> torch.Tensor:
+        """Softmax over the target and S shared uniform negatives of its domain (log-Q constant, hits masked)."""
+        n, start = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start
+        neg = torch.randint(0, n, (self.cfg.num_sampled,), device=h.device)  # (S,)
+        uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
+        cand = self.items(uniq)[0]  # (M, U, D), only the items this batch needs
+        z = self.logits(h, cand)  # (V, M, P, U)
+        pos = z.gather(-1, inv[:len(target)].expand(*z.shape[:2], -1)[..., None])  # (V, M, P, 1)
+        negz = z[..., inv[len(target):]].masked_fill(neg[None, :] == target[:, None], float("-inf"))  # (V, M, P, S)
+        log_p = pos[..., 0] - torch.cat([pos, negz], -1).logsumexp(-1)  # (V, M, P)
+        return self.mixture_log_prob(log_p)
+
+    # ---- eqs. (14)-(17) ------------------------------------------------------------------------------------
+    def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs (B, L+1) -> scalar: eq. (15) summed over every next-item position, divided by their number."""
+        seqs = seqs[:, max(0, _first_used_column(seqs) - 1):]  # keep one padding input: "first item from nothing"
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
+        h = self.position_states(inputs)  # (V, M, B, L, D)
+        scored = targets > 0
+        h, targets = h[:, :, scored], targets[scored]  # (V, M, P, D), (P,)
+        total = h.sum() * 0.0  # keeps the graph connected when a batch has nothing to predict
+        for d in (0, 1):
+            rows = torch.nonzero(targets > self.ctx.domain_sizes[0] if d else targets <= self.ctx.domain_sizes[0],
+                                 as_tuple=True)[0]
+            if len(rows) == 0:
+                continue
+            local = targets[rows] - self.ctx.domain_slice(d).start  # (P_d,)
+            log_p = self._domain_log_prob(h[:, :, rows], local, d)  # (V, P_d) log P^V
+            w = torch.tensor(view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, d),
+                             device=h.device)  # (V,) eq. (15): 1, lambda1, lambda2
+            total = total - (w[:, None] * log_p).sum()  # eq. (14) per view
+        return total / max(1, len(targets))
+
+    def _domain_log_prob(self, h: torch.Tensor, local: torch.Tensor, domain: int) -> torch.Tensor:
+        if self.cfg.loss == "sampled" and self.cfg.num_sampled < self.ctx.domain_sizes[domain]:
+            return self._sampled_log_prob(h, local, domain)
+        cand = self.domain_items(domain)  # (M, N, D)
+        V, M, P, _ = h.shape
+        chunk = max(1, (1 << 24) // (V * M * cand.shape[1]))  # bound the (V, M, P, N) logits per chunk
+        outs = [checkpoint(self._full_log_prob, h[:, :, s:s + chunk], cand, local[s:s + chunk], use_reentrant=False)
+                if torch.is_grad_enabled() else self._full_log_prob(h[:, :, s:s + chunk], cand, local[s:s + chunk])
+                for s in range(0, P, chunk)]
+        return torch.cat(outs, -1)  # (V, P)
+
+    def position_states(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs (B, L) -> h (V, M, B, L, D): each view's state after the items up to position t (eq. 11).
+
+        A view's encoder runs once over the view's own sequence; the state for merged position t is its output
+        at the view's latest item at or before t (causal), or the learned empty state when there is none yet.
+        """
+        view_ids, last, has = self.views(seqs)  # (V, B, L)
+        H = self.encode(view_ids)  # (V, M, B, L, D)
+        h = H.gather(3, last[:, None, :, :, None].expand_as(H))
+        return torch.where(has[:, None, :, :, None], h, self.h_empty[:, :, None, None])
+
+    def final_states(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) -> h (V, M, B, D): each view's state after the most recent item."""
+        return self.position_states(history[:, _first_used_column(history):])[..., -1, :]
+
+    def modality_probs(self, history: torch.Tensor, domain: int, local: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, B, K) weighted sum over views of alpha_m P_m^V (eqs. 13, 16); K = all items or ``local`` ones."""
+        h = self.final_states(history)  # (V, M, B, D)
+        cand = self.domain_items(domain)  # (M, N, D)
+        w = view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
+        out = 0.0
+        for v in range(self.n_views):  # one view at a time bounds memory at (M, B, N)
+            p = self.logits(h[v:v + 1], cand)[0].softmax(-1)  # (M, B, N) eqs. (12)-(13)
+            if local is not None:
+                p = p[..., local]
+            out = out + w[v] * self.log_alpha.exp()[:, None, None] * p
+        return out  # type: ignore[return-value]
+
+    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
+        """eqs. (16)-(17): P^X + lambda1 P^Y + lambda2 P^{X+Y} over the target domain's items, (B, N)."""
+        return self.modality_probs(history, domain).sum(0)
+
+    @torch.no_grad()
+    def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[int],
+                top_tags: int = 5) -> list[dict[str, Any]]:
+        """Why each item was recommended after ``history`` (1, L): tags linking it to the history, modality shares.
+
+        Tag contribution = w_item[t] * sum over history items of w[t] (shared tags, weighted). Modality share =
+        that modality's part of the fused score sum_V w_V alpha_m P_m^V(item); absent modalities read 0.
+        """
+        self.eval()
+        local = torch.as_tensor(local_item_ids, dtype=torch.long, device=history.device)
+        parts = self.modality_probs(history, domain, local)[:, 0]  # (M, K)
+        shares = parts / parts.sum(0).clamp(min=1e-30)
+        names = self.ctx.extras.get("tag_names", [])
+        out = []
+        for k, item in enumerate(local_item_ids):
+            share = {m: 0.0 for m in ("id", "txt", "img", "tag")}
+            share.update({m: float(shares[i, k]) for i, m in enumerate(self.modalities)})
+            tags: list[dict[str, Any]] = []
+            if "tag" in self.modalities:
+                hist = self.items.tag_w[history[0]].sum(0)  # (T,) tag mass of the history
+                contrib = self.items.tag_w[self.ctx.domain_slice(domain).start + item] * hist  # (T,)
+                top = torch.topk(contrib, min(top_tags, len(contrib)))
+                tags = [{"tag": names[t] if t < len(names) else str(t), "weight": float(c)}
+                        for c, t in zip(top.values.tolist(), top.indices.tolist()) if c > 0]
+            out.append({"tags": tags, "modality_share": share})
+        return out
+
+    # ---- what the model reads from the dataset folder ------------------------------------------------------
+    @classmethod
+    def context_extras(cls, dataset: Any, cfg: Any) -> dict[str, Any]:
+        """Frozen features and tag vectors from the dataset folder; missing image features drop "img"."""
+        root = dataset.root
+        mods = _usable_modalities(root, cfg.model.modalities)
+        extras: dict[str, Any] = {"modalities": mods}
+        if any(m in CONTENT for m in mods):
+            from temarec.features.store import load_features
+
+            feats = load_features(root)
+            extras["features"] = {m: feats[m] for m in CONTENT if m in mods}
+        if "tag" in mods:
+            from temarec.tags import load_tag_vectors
+
+            try:
+                vectors, names = load_tag_vectors(root, selection=cfg.tags.selection,
+                                                  representation=cfg.tags.representation)
+            except FileNotFoundError as exc:
+                raise ValueError(f"model.modalities includes tag but {root} has no tags ({exc}); run "
+                                 f"`temarec tags --dataset {root}` or drop tag from model.modalities") from exc
+            extras["tag_vectors"], extras["tag_names"] = vectors, list(names)
+        return extras
+
+    @classmethod
+    def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
+        root, m = dataset.root, cfg.model
+        mods = _usable_modalities(root, m.modalities)
+        encoders = "none (no text or image modality)"
+        if any(x in CONTENT for x in mods):
+            from temarec.features.store import features_source
+
+            encoders = features_source(root)
+        tags = "none (tag modality off)"
+        if "tag" in mods:
+            from temarec.tags import tag_source
+
+            tags = f"{tag_source(root)}; selection {cfg.tags.selection}, representation {cfg.tags.representation}"
+        weights = modality_weights(m.alpha, mods)
+        notes = ["modality weights " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items())]
+        dropped = [x for x in m.modalities if x not in mods]
+        if dropped or len(mods) < len(MODALITIES):
+            notes[0] += f" (renormalised: {', '.join(x for x in MODALITIES if x not in mods)} not used"
+            notes[0] += f"; {', '.join(dropped)} requested but missing)" if dropped else ")"
+        d0, d1 = dataset.domains
+        if m.views == "multi":
+            reading = ("X = the target's domain, Y = the other" if m.view_reading == "target"
+                       else f"X = {d0} always, Y = {d1}")
+            notes.append(f"views S^{d0}, S^{d1}, S^{d0}+{d1} ({reading}; lambdas {m.lambdas[0]}, {m.lambdas[1]})")
+        else:
+            notes.append(f"one merged view S^{d0}+{d1} (ablation)")
+        notes.append("loss " + ("full softmax" if m.loss == "full" else f"sampled softmax ({m.num_sampled} shared "
+                                                                        "uniform negatives of the target's domain)"))
+        temp = "learned" if m.learn_temperature else "fixed"
+        notes.append(f"temperature {m.temperature} ({temp}, per view and modality)")
+        return {"encoders": encoders, "tags": tags, "notes": "; ".join(notes)}
+
+
+def _first_used_column(seqs: torch.Tensor) -> int:
+    """Leading columns that are padding in every row change nothing (positions count from the right): skip them.
+
+    Returns the first column holding an item in some row (the last column when there is none).
+    """
+    used = (seqs > 0).any(0).nonzero()
+    return int(used[0]) if len(used) else seqs.shape[1] - 1
+
+
+def _usable_modalities(root: Any, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """``requested`` minus "img" when the feature store has no image features (logged); errors name the command."""
+    mods = [m for m in MODALITIES if m in requested]
+    if any(m in CONTENT for m in mods):
+        from temarec.features.store import read_meta
+
+        try:
+            available = read_meta(root)["modalities"]
+        except FileNotFoundError as exc:
+            raise ValueError(f"model.modalities includes {[m for m in mods if m in CONTENT]} but {root} has no "
+                             f"features; run `temarec features --dataset {root}` (or set model.modalities to "
+                             "leave them out)") from exc
+        if "txt" in mods and "txt" not in available:
+            raise ValueError(f"model.modalities includes txt but {root}/features has no text features; run "
+                             f"`temarec features --dataset {root}` with a text encoder")
+        if "img" in mods and "img" not in available:
+            log.info("no image features in %s/features: TEMA drops the image modality and renormalises the "
+                     "modality weights", root)
+            mods.remove("img")
+    if not mods:
+        raise ValueError(f"no usable modality left of {requested}; add id or compute features")
+    return tuple(mods)

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small generated dataset folder (session-wide) and the location of the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def generated_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated two-domain world (300 users, 240 items), written once per test session."""
+    from temarec.data.synthetic import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("world") / "data", n_users=300, items_per_genre=15)
+
+
+def tiny_overrides(**extra: str) -> list[str]:
+    """--set arguments that make any model train in seconds."""
+    base = {"train.epochs": "2", "model.dim": "16", "data.max_len": "10", "train.batch_size": "64",
+            "eval.batch_size": "256"}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from temarec.config import Config, load_config
+
+
+def test_defaults_follow_the_paper():
+    cfg = Config()
+    assert cfg.model.alpha == (0.4, 0.2, 0.2)
+    assert cfg.model.lambdas == (0.3, 0.1)
+    assert cfg.train.batch_size == 256 and cfg.model.dropout == 0.3 and cfg.train.patience == 10
+    assert cfg.tags.top_r == 5 and cfg.tags.theta == 70.0
+
+
+def test_yaml_then_set_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n  epochs: 5\nmodel:\n  name: gru4rec\n")
+    cfg = load_config(path, ["train.lr=3e-4", "model.alpha=[0.5, 0.2, 0.1]", "model.modalities=id,tag"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.epochs == 5
+    assert cfg.model.name == "gru4rec"
+    assert cfg.model.alpha == (0.5, 0.2, 0.1)
+    assert cfg.model.modalities == ("id", "tag")
+
+
+def test_json_round_trip():
+    cfg = load_config(None, ["train.seed=3", "model.lambdas=[0.2,0.05]"])
+    assert Config.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+@pytest.mark.parametrize("override, message", [
+    (["train.lrr=1"], "unknown key 'lrr'"),
+    (["trian.lr=1"], "unknown config section"),
+    (["train.lr=-1"], "train.lr must be > 0"),
+    (["train.epochs=two"], "train.epochs must be an integer"),
+    (["model.name=bert4rec"], "model.name must be one of"),
+    (["model.alpha=[0.6,0.3,0.3]"], "summing to <= 1"),
+    (["model.dim=30", "model.heads=4"], "divisible"),
+    (["lr=1"], "section.key=value"),
+])
+def test_bad_values_say_what_to_do(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, override)
+
+
+def test_missing_or_bad_yaml(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
