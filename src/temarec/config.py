@@ -33,7 +33,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.max_len >= 1, f"data.max_len must be >= 1, got {self.max_len}")
         _check(self.num_negatives >= 1, f"data.num_negatives must be >= 1, got {self.num_negatives}")
-        _check(self.min_user_interactions >= 2, "data.min_user_interactions must be >= 2 (one for test, one for valid)")
+        _check(self.min_user_interactions >= 3,
+               "data.min_user_interactions must be >= 3 (one test target, one valid target, one to train on)")
         _check(self.min_user_per_domain >= 0, "data.min_user_per_domain must be >= 0")
         _check(self.min_item_count >= 1, "data.min_item_count must be >= 1")
 
@@ -56,7 +57,7 @@ class TagsConfig:
     structured_output: str = "auto"  # auto (json_schema, falling back) | json_schema | json_object | none
     gguf_path: str = ""
     encoder: str = "all-MiniLM-L6-v2"
-    embed_cos_range: tuple[float, float] = (0.05, 0.60)  # embedding matching: cosine lo -> score 1, hi -> 100
+    embed_cos_range: tuple[float, float] = (0.10, 0.55)  # embedding matching: cosine lo -> score 1, hi -> 100
     seed: int = 0  # bootstrap resamples of the mined vocabulary
     concurrency: int = 4
     timeout_s: float = 60.0
