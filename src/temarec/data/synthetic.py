@@ -53,7 +53,7 @@ def generate_world(n_users: int = 1500, items_per_genre: int = 60, min_len: int 
                 words = rng.choice(vocab, size=2, replace=False)
                 title = f"{rng.choice(ADJECTIVES).title()} {words[0]} with {words[1]} no. {k + 1}"
                 rows.append({"item": f"{domain[0]}{g:02d}{k:03d}", "domain": domain, "title": title,
-                             "description": f"Part of the {genre} {('pantry' if d == 0 else 'kitchen')} range.",
+                             "description": None,
                              "image": None, "genre": g})
     items = pd.DataFrame(rows)
     n_first = int((items["domain"] == DOMAINS[0]).sum())

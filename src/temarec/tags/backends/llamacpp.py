@@ -1,0 +1,40 @@
+"""Transport for a local GGUF model through llama-cpp-python, output constrained by a JSON-schema grammar.
+
+Optional extra (it compiles from source): ``pip install 'temarec[llamacpp]'``. Not exercised by the test suite.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from temarec.tags.backends.llm import Truncated
+
+
+class LlamaCppTransport:
+    name = "llamacpp"
+
+    def __init__(self, gguf_path: str, n_ctx: int = 4096):
+        if not gguf_path or not Path(gguf_path).is_file():
+            raise ValueError(f"tags.gguf_path {gguf_path!r} is not a file: point it at a local .gguf model")
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ImportError("the llamacpp backend needs llama-cpp-python: pip install 'temarec[llamacpp]'") from exc
+        path = Path(gguf_path)
+        self.model = f"{path.name}:{path.stat().st_size}"
+        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=0, verbose=False)
+        self._lock = threading.Lock()  # one model, one generation at a time
+
+    def describe(self) -> str:
+        return f"llama.cpp {self.model.split(':')[0]}"
+
+    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int) -> str:
+        with self._lock:
+            out = self._llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=max_tokens,
+                                                   response_format={"type": "json_object", "schema": schema})
+        choice = out["choices"][0]
+        if choice.get("finish_reason") == "length":
+            raise Truncated(f"the answer was cut off at max_tokens={max_tokens} (truncated JSON)")
+        return choice["message"]["content"] or ""
