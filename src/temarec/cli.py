@@ -45,10 +45,202 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from temarec.bench import model_variants, run_grid, seed_list, summarise
+
+    out = Path(args.out)
+    if args.summarise:
+        summarise(out)
+        print((out / "results.md").read_text(), end="")
+        return 0
+    if not args.dataset:
+        raise ValueError("--dataset is required (unless --summarise)")
+    cfg = _config(args)
+    seeds = seed_list(args.seeds)
+    models = args.models if args.models is not None else ("" if args.ablations else "pop,gru4rec,sasrec")
+    if models:
+        run_grid(args.dataset, model_variants(models), seeds, out, cfg)
+        print((out / "results.md").read_text(), end="")
+    if args.ablations:
+        from temarec.ablations import run_ablations
+
+        run_ablations(args.dataset, seeds, out / "ablations", cfg)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from temarec.data.dataset import Dataset
+    from temarec.data.prepare import prepare
+
+    def need(value: str | None, flag: str) -> str:
+        if not value:
+            raise ValueError(f"--format {args.format} needs {flag}")
+        return value
+
+    if args.titles and args.format not in ("c2dsr", "abxi"):
+        raise ValueError("--titles applies to --format c2dsr and abxi; give titles in --items or --meta instead")
+    if args.format in ("c2dsr", "abxi"):
+        kwargs = {"input_dir": need(args.input, "--input DIR"), "titles": args.titles}
+    elif args.format == "interactions":
+        kwargs = {"interactions": need(args.interactions, "--interactions FILE"), "items": args.items}
+    else:
+        kwargs = {"reviews": need(args.reviews, "--reviews A,B"), "meta": args.meta}
+    path = prepare(args.format, args.out, _config(args).data, domains=args.domains, overwrite=args.overwrite,
+                   **kwargs)
+    print(Dataset.load(path).describe())
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from temarec.data.download import download
+
+    print(download(args.name, out=args.out, mirror=args.mirror))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from temarec.data.export import export
+
+    print(export(args.dataset, args.format, args.out, overwrite=args.overwrite))
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    from temarec.tags import run_tags
+    from temarec.tags.prompts import show_prompts
+
+    if args.show_prompts:
+        print(show_prompts(), end="")
+        return 0
+    if not args.dataset:
+        raise ValueError("--dataset is required (unless --show-prompts)")
+    from temarec.tags.backends.base import TagsError
+
+    try:
+        summary = run_tags(args.dataset, _config(args).tags, steps=tuple(args.steps) or ("vocab", "match"))
+    except (TagsError, ImportError) as exc:  # endpoint down, too many failures, missing extra: no traceback
+        print(f"temarec tags: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"tags: {summary['tag_source']}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from temarec.features import features_source, run_features
+
+    summary = run_features(args.dataset, _config(args).features)
+    print(features_source(args.dataset))
+    for modality, meta in summary["modalities"].items():
+        run = summary["run"][modality]
+        failed = f", {meta['failures']} image failures" if "failures" in meta else ""
+        print(f"{modality}: {meta['items']}/{summary['n_items']} items ({run['encoded']} encoded, "
+              f"{run['from_cache']} from cache{failed})")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from temarec.quickstart import QUICK_MODELS, run_quickstart
+
+    models = tuple(m.strip() for m in args.models.split(",")) if args.models else QUICK_MODELS
+    results = run_quickstart(args.out, _config(args), models=models)
+    print("GENERATED DATA (the built-in two-domain world), not real recommendations data.\n")
+    print(results.read_text())
+    print(f"\nrun folders, results.json and plots: {results.parent}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from temarec.serve.recommender import Recommender, default_threads
+
+    rec = Recommender.load(args.run, threads=default_threads())
+    history = [h.strip() for h in args.history.split(",") if h.strip()] if args.history else []
+    result = rec.recommend(history, args.domain, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
+    if args.json:
+        print(json.dumps({"model": rec.model_name, "data": rec.dataset_name, "tags": rec.tag_source,
+                          **result.to_dict()}, indent=2))
+        return 0
+    print(f"model: {rec.model_name}\ndata:  {rec.dataset_name}\ntags:  {rec.tag_source}")
+    note = f"history: {result.history_used} item(s) read"
+    if result.unknown_items:
+        note += f"; unknown ids skipped: {', '.join(result.unknown_items)}"
+    if result.fallback:
+        note += f"; no known item in the history: {result.fallback} fallback"
+    print(note + "\n")
+    width = max([len("item")] + [len(r["item"]) for r in result])
+    print(f"{'rank':>4}  {'item':<{width}}  {'score':>10}  title")
+    for rank, r in enumerate(result, 1):
+        print(f"{rank:>4}  {r['item']:<{width}}  {r['score']:>10.4f}  {r['title'] or ''}")
+        why = r.get("explanation")
+        if why and why.get("tags"):
+            print(f"{'':>4}  {'':<{width}}  {'':>10}  tags: {', '.join(t['tag'] for t in why['tags'])}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from temarec.serve.app import Limits, serve
+
+    serve(args.run, host=args.host, port=args.port, threads=args.threads, access_log=args.access_log,
+          limits=Limits(max_k=args.max_k, max_history=args.max_history, max_batch=args.max_batch,
+                        max_body_bytes=args.max_body_bytes))
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from temarec.serve.export import export_onnx
+
+    print(export_onnx(args.run, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="temarec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="fetch a public raw data set (sha256-checked) into OUT/NAME")
+    p.add_argument("name", help="abxi-food-kitchen | c2dsr-food-kitchen | amazon-titles")
+    p.add_argument("--out", default="data/raw", help="folder receiving NAME/FILE (default data/raw)")
+    p.add_argument("--mirror", help="local folder or base URL laid out as NAME/FILE, instead of the publishers'")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare", help="import raw data into a dataset folder (items, splits, negatives)")
+    p.add_argument("--format", required=True, choices=["c2dsr", "abxi", "interactions", "amazon"])
+    p.add_argument("--domains", required=True, help="the two domain names, first domain first, e.g. Food,Kitchen")
+    p.add_argument("--input", help="raw folder (c2dsr, abxi)")
+    p.add_argument("--titles", help="TSV with header 'asin  domain  title' (c2dsr, abxi)")
+    p.add_argument("--interactions", help="CSV/TSV/Parquet/JSONL with user, item, timestamp, domain (interactions)")
+    p.add_argument("--items", help="items file: item [, domain, title, description, image] (interactions)")
+    p.add_argument("--reviews", help="two review files A,B (JSON lines, .gz allowed) (amazon)")
+    p.add_argument("--meta", help="two metadata files A,B (JSON lines, .gz allowed) (amazon)")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("export", help="write a dataset folder in another library's format (RecBole)")
+    p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")
+    p.add_argument("--format", required=True, choices=["recbole"])
+    p.add_argument("--out", required=True, help="folder to create; its name is RecBole's dataset name")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("tags", help="semantic tags: vocabulary (Algorithm 1) and item-tag matching into DATASET/tags/")
+    p.add_argument("steps", nargs="*", metavar="STEP", help="vocab and/or match: run only these steps (default both)")
+    p.add_argument("--dataset", help="dataset folder written by `temarec prepare`")
+    p.add_argument("--show-prompts", action="store_true", help="print the prompt templates and exit")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("features", help="frozen text/image encoder features into DATASET/features/")
+    p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("quickstart", help="the whole pipeline on the built-in generated world (a few minutes)")
+    p.add_argument("--out", default="runs/quickstart", help="folder for data, runs and the results table")
+    p.add_argument("--models", help="comma-separated subset of pop,gru4rec,sasrec,tema (default: all)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="train one model on a dataset folder; writes a run folder")
     p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")
@@ -63,6 +255,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="train models x seeds; mean ± std tables (results.md) and plots")
+    p.add_argument("--dataset", help="dataset folder written by `temarec prepare`")
+    p.add_argument("--models", help="comma list of models, one table row each (default pop,gru4rec,sasrec; "
+                                    "none with --ablations)")
+    p.add_argument("--seeds", default="3", help="a count N = seeds 0..N-1 (default 3 = 0,1,2), or a comma list")
+    p.add_argument("--out", required=True, help="bench folder; finished runs in it are reused (resumable)")
+    p.add_argument("--ablations", action="store_true", help="also run the ablation grid into OUT/ablations")
+    p.add_argument("--summarise", action="store_true", help="only rebuild results and plots from OUT's runs")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("recommend", help="top-k items of a domain after a history of the data's item ids")
+    p.add_argument("--run", required=True, help="run folder written by `temarec train`")
+    p.add_argument("--history", default="", help="comma-separated item ids, oldest first (empty: popularity)")
+    p.add_argument("--domain", required=True, help="domain to recommend from, by its data name (e.g. Kitchen)")
+    p.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    p.add_argument("--include-seen", action="store_true", help="allow items already in the history")
+    p.add_argument("--strict", action="store_true", help="fail on unknown item ids instead of skipping them")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("serve", help="HTTP service over a trained run (FastAPI; pip install 'temarec[serve]')")
+    p.add_argument("--run", required=True, help="run folder written by `temarec train`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default 1: fastest for single requests)")
+    p.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for (default 100)")
+    p.add_argument("--max-history", type=int, default=1000, help="most items per history (default 1000)")
+    p.add_argument("--max-batch", type=int, default=256, help="most histories per batch request (default 256)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export-model", help="a trained run's encoder as ONNX + item matrices as .npy "
+                                            "(sasrec, gru4rec; pip install 'temarec[export]')")
+    p.add_argument("--run", required=True, help="run folder written by `temarec train`")
+    p.add_argument("--out", required=True, help="folder to write encoder.onnx, items_<Domain>.npy, export.json")
+    p.set_defaults(func=cmd_export_model)
 
     return parser
 

@@ -1,0 +1,259 @@
+"""The HTTP service over a :class:`~temarec.serve.recommender.Recommender` (FastAPI; ``pip install 'temarec[serve]'``).
+
+    POST /recommend        one request {"history", "domain", "k"} or a batch {"requests": [...]}
+    GET  /items/{item_id}  title, domain, training interactions (+ tags when the dataset has them)
+    GET  /health           {"status": "ok"} once the model is loaded
+    GET  /metadata         model, data, protocol, tag source, test metrics of the run
+    GET  /docs, /openapi.json
+
+The model is loaded once, when the app is built. Bad input always gets a 4xx whose ``detail`` says what to fix:
+422 for a body that fails validation (types, k outside 1..max_k, history too long, unknown domain, unknown
+ids under ``strict``), 404 for an unknown item, 413 for a body over ``max_body_bytes``.
+Inference runs on the event loop thread, one request at a time: a request takes milliseconds, and serial
+inference keeps torch's intra-op threads from competing with each other.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from temarec.serve.recommender import (Recommendations, RecommendError, Recommender, UnknownItemsError,
+                                       default_threads)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; every bound answers with a 4xx, never a 500."""
+
+    max_k: int = 100
+    max_history: int = 1000  # items per history (the model reads the most recent max_len of them)
+    max_batch: int = 256  # histories per batch request
+    max_body_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_k", "max_history", "max_batch", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serve limit {name} must be >= 1, got {getattr(self, name)}")
+
+
+def _import_fastapi():
+    try:
+        import fastapi  # noqa: F401
+        import pydantic  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("the HTTP service needs FastAPI and uvicorn: pip install 'temarec[serve]'") from exc
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 for a body over ``max_bytes``, by its Content-Length or by the bytes streamed."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _send_json(send, 400, {"detail": "Content-Length is not an integer"})
+                return
+            if size > self.max_bytes:
+                await _send_json(send, 413, {"detail": self._message()})
+                return
+        received, started, refused = 0, False, False
+
+        async def limited_receive() -> dict:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    if not started and not refused:  # answer now: the app may turn the error below into a 400
+                        refused = True
+                        await _send_json(send, 413, {"detail": self._message()})
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 went out already; drop the app's answer to the aborted body
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            pass
+
+    def _message(self) -> str:
+        return f"request body over {self.max_bytes:,} bytes; send fewer or shorter histories"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Any, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(recommender: Recommender | str | Path, limits: Limits | None = None, threads: int | None = None):
+    """The FastAPI app; ``recommender`` is a loaded Recommender or a run folder to load (once, here)."""
+    _import_fastapi()
+    from fastapi import Body, FastAPI, HTTPException, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+    limits = limits or Limits()
+    rec = recommender if isinstance(recommender, Recommender) else Recommender.load(recommender, threads=threads)
+    DomainName = Literal[rec.domains]  # type: ignore[valid-type]  # OpenAPI lists the served domains
+
+    class Event(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        item: Union[str, int] = Field(description="the data's item id")
+        ts: float = Field(description="timestamp; events are sorted by it (stable)", allow_inf_nan=False)
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", json_schema_extra={
+            "examples": [{"history": ["item-1", "item-2"], "domain": rec.domains[1], "k": 10}]})
+        history: Union[Annotated[list[Union[str, int]], Field(max_length=limits.max_history)],
+                       Annotated[list[Event], Field(max_length=limits.max_history)]] = Field(
+            description=f"the data's item ids in time order, or [{{item, ts}}] events (sorted by ts); at most "
+                        f"{limits.max_history} items; empty = popularity fallback")
+        domain: DomainName = Field(description="domain to recommend from")  # type: ignore[valid-type]
+        k: int = Field(10, ge=1, le=limits.max_k, description=f"number of items, 1..{limits.max_k}")
+        exclude_seen: bool = Field(True, description="leave out items already in the history")
+        strict: bool = Field(False, description="reject unknown item ids (422) instead of skipping them")
+        explain: bool = Field(True, description="attach explanations when the model gives them (TEMA)")
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        requests: list[RecommendRequest] = Field(min_length=1, max_length=limits.max_batch)
+
+    class Recommended(BaseModel):
+        item: str
+        score: float
+        title: str | None
+        domain: str
+        explanation: dict[str, Any] | None = None
+
+    class RecommendResponse(BaseModel):
+        domain: str
+        items: list[Recommended]
+        unknown_items: list[str] = Field(description="history ids this dataset does not know (skipped)")
+        fallback: str | None = Field(description='"popularity" when the history held no known item')
+        history_used: int
+
+    class BatchResponse(BaseModel):
+        results: list[RecommendResponse]
+
+    def _kind(body: Any) -> str:
+        return "batch" if isinstance(body, dict) and "requests" in body else "single"
+
+    AnyRequest = Annotated[Union[Annotated[RecommendRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
+                           Discriminator(_kind)]
+
+    app = FastAPI(title="temarec", version="1", summary=f"{rec.model_name} recommendations on {rec.dataset_name}")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    app.state.recommender, app.state.limits = rec, limits
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and a NaN/inf in it would fail strict JSON (a 500)
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(RecommendError)
+    async def _bad_request(request: Request, exc: RecommendError) -> JSONResponse:
+        status = 404 if request.url.path.startswith("/items/") else 422
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, UnknownItemsError):
+            body["unknown_items"] = exc.items
+        return JSONResponse(body, status_code=status)
+
+    def _history(req: RecommendRequest) -> list:
+        return [(e.item, e.ts) for e in req.history] if req.history and isinstance(req.history[0], Event) \
+            else req.history
+
+    def _answer(reqs: list[RecommendRequest]) -> list[Recommendations]:
+        """Requests that share k and flags go through one ``recommend_batch`` (one forward pass per domain)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault((r.k, r.exclude_seen, r.strict, r.explain), []).append(i)
+        results: list[Recommendations | None] = [None] * len(reqs)
+        for (k, exclude_seen, strict, explain), rows in groups.items():
+            answers = rec.recommend_batch([_history(reqs[i]) for i in rows], [reqs[i].domain for i in rows], k=k,
+                                          exclude_seen=exclude_seen, strict=strict, explain=explain)
+            for i, answer in zip(rows, answers):
+                results[i] = answer
+        return results  # type: ignore[return-value]
+
+    @app.post("/recommend", response_model=Union[RecommendResponse, BatchResponse],
+              summary="top-k items of a domain for one history, or for a batch of them")
+    async def recommend(body: Annotated[AnyRequest, Body()]) -> Response:
+        if isinstance(body, BatchRequest):
+            answer: dict[str, Any] = {"results": [r.to_dict() for r in _answer(body.requests)]}
+        else:
+            answer = _answer([body])[0].to_dict()
+        # the answer is built by our own code: serialise it directly instead of re-validating it per request
+        # (response_model above still documents it in the OpenAPI schema)
+        try:
+            payload = json.dumps(answer, allow_nan=False, separators=(",", ":"))
+        except ValueError:  # a NaN somewhere (a model's explanation, say): null it rather than fail the request
+            payload = json.dumps(_finite(answer), allow_nan=False, separators=(",", ":"))
+        return Response(payload, media_type="application/json")
+
+    @app.get("/items/{item_id:path}", summary="one item of the catalogue")
+    async def item(item_id: str) -> dict[str, Any]:
+        try:
+            return rec.item(item_id)
+        except UnknownItemsError:
+            raise HTTPException(404, f"unknown item id {item_id!r}") from None
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": rec.model_name}
+
+    @app.get("/metadata", summary="model, data, protocol, tag source and test metrics of the served run")
+    async def metadata() -> dict[str, Any]:
+        return _finite(rec.metadata() | {"limits": dataclasses.asdict(limits)})
+
+    return app
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, so metrics always serialize as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+          threads: int | None = None, access_log: bool = False) -> None:
+    """Load ``run_dir`` once and serve it with uvicorn until interrupted."""
+    app = create_app(run_dir, limits=limits, threads=threads or default_threads())
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ImportError("the HTTP service needs FastAPI and uvicorn: pip install 'temarec[serve]'") from exc
+    log.info("serving on http://%s:%d (docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
