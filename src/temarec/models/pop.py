@@ -9,15 +9,20 @@ from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel
 
 
+def _seed(seed: int | None) -> int:
+    """An explicit seed, or one drawn from torch's global generator (seeded from train.seed by the harness)."""
+    return int(torch.randint(0, 2**31 - 1, ())) if seed is None else seed
+
+
 class RandomModel(SequentialModel):
     """Uniform random scores: the floor every metric is read against (sampled MRR ~= H(1000)/1000)."""
 
     name = "random"
     trainable = False
 
-    def __init__(self, cfg: ModelConfig, ctx: ModelContext, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, ctx: ModelContext, seed: int | None = None):
         super().__init__(cfg, ctx)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(_seed(seed))
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         return torch.rand(history.shape[0], self.ctx.domain_sizes[domain], generator=self.generator)
@@ -33,9 +38,9 @@ class PopModel(SequentialModel):
     name = "pop"
     trainable = False
 
-    def __init__(self, cfg: ModelConfig, ctx: ModelContext, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, ctx: ModelContext, seed: int | None = None):
         super().__init__(cfg, ctx)
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(_seed(seed))
         self.register_buffer("counts", torch.zeros(ctx.n_items, dtype=torch.float64))
         self.register_buffer("jitter", 0.5 * torch.rand(ctx.n_items, generator=g, dtype=torch.float64))
 

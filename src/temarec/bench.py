@@ -1,0 +1,362 @@
+"""Benchmarks: a grid of (variant, seed) training runs, their mean ± std, the paper-style tables and plots.
+
+A bench folder holds::
+
+    bench.json                 dataset, the variants (name + config overrides) in table order, the seeds
+    runs/{variant}/seed{s}/    one ``temarec train`` run folder per variant and seed
+    results.json               {"protocol": {variant: ...}, "results": {variant: {"seeds", "mean", "std",
+                               "timing"}}}; mean/std are {split: {protocol: {domain: {metric: value}}}}
+    results.md                 Tables II/III layout: rows = variants; MRR, NDCG@5, NDCG@10 per domain, in %,
+                               mean ± std over seeds; one table per protocol (sampled, full)
+    metrics.png                test MRR per variant and domain, std error bars (one panel per protocol)
+    curves.png                 validation MRR and training loss per epoch, one line per run
+
+A run whose ``metrics.json`` exists is skipped, so an interrupted bench resumes where it stopped (a run with a
+``last_state.pt`` continues from its last epoch). std is the sample standard deviation (ddof = 1) over seeds;
+with one seed it is undefined (null in JSON, left out of the tables). Peak RSS is the process's peak so far
+(``ru_maxrss``): run variants in separate processes when it must be per variant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from temarec.config import Config
+from temarec.evaluation import PROTOCOLS
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS = ("mrr", "ndcg@5", "ndcg@10")  # the columns of the paper's Tables II/III
+AGG_METRICS = ("mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10")
+SPLITS = ("valid", "test")
+# config keys that may differ between a finished run and a resumed bench without changing its numbers
+_RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("eval", "batch_size")}
+
+Variant = tuple[str, dict[str, str]]
+
+
+def seed_list(spec: str | int) -> list[int]:
+    """``3`` -> [0, 1, 2] (the first N seeds); ``"0,5,7"`` -> [0, 5, 7]."""
+    text = str(spec).strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise ValueError(f"--seeds expects a count (3 = seeds 0,1,2) or a comma list (0,5,7), got {spec!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds needs at least one seed, all distinct and >= 0; got {spec!r}")
+    return seeds
+
+
+def model_variants(models: str | Sequence[str]) -> list[Variant]:
+    """``"pop,sasrec"`` -> [("pop", {"model.name": "pop"}), ("sasrec", {"model.name": "sasrec"})]."""
+    names = [m.strip() for m in models.split(",")] if isinstance(models, str) else [str(m).strip() for m in models]
+    names = [n for n in names if n]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"--models needs one or more distinct model names (e.g. pop,gru4rec,sasrec), got {models!r}")
+    return [(n, {"model.name": n}) for n in names]
+
+
+def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
+    return Path(out_dir) / "runs" / variant / f"seed{seed}"
+
+
+def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int], out_dir: str | Path,
+             base_cfg: Config) -> dict[str, Any]:
+    """Train every variant for every seed under ``out_dir/runs`` (skipping finished runs), then summarise.
+
+    ``variants`` are (name, config overrides), e.g. ``("sasrec", {"model.name": "sasrec"})``; each run uses
+    ``base_cfg`` with the overrides and ``train.seed = seed``. Returns the results.json object.
+    """
+    from temarec.train import train_run
+
+    out = Path(out_dir)
+    names = [name for name, _ in variants]
+    if len(set(names)) != len(names) or not all(names) or any("/" in n for n in names):
+        raise ValueError(f"variant names must be distinct, non-empty and contain no '/': {names}")
+    out.mkdir(parents=True, exist_ok=True)
+    _record_grid(out, dataset_dir, variants, seeds)
+    for name, overrides in variants:
+        for seed in seeds:
+            cfg = base_cfg.replace(**{**overrides, "train.seed": str(seed)})
+            run = run_dir(out, name, seed)
+            if (run / "metrics.json").is_file():
+                _check_same_config(run, cfg)
+                log.info("%s seed %d: finished run found in %s, skipped", name, seed, run)
+                continue
+            resume = (run / "last_state.pt").is_file()
+            if resume:
+                _check_same_config(run, cfg)
+            elif run.exists():
+                log.warning("%s seed %d: removing unfinished run folder %s (no checkpoint to resume)", name, seed, run)
+                shutil.rmtree(run)
+            log.info("%s seed %d: training into %s%s", name, seed, run, " (resuming)" if resume else "")
+            train_run(dataset_dir, cfg, run, resume=resume)
+    return summarise(out)
+
+
+def _record_grid(out: Path, dataset_dir: str | Path, variants: list[Variant], seeds: list[int]) -> None:
+    """bench.json keeps the variants of every call on this folder, first call first (the tables' row order)."""
+    path = out / "bench.json"
+    known = json.loads(path.read_text()) if path.is_file() else {"variants": [], "seeds": []}
+    dataset = str(Path(dataset_dir).resolve())
+    if known.get("dataset_dir", dataset) != dataset:
+        raise ValueError(f"{out} benches dataset {known['dataset_dir']}, not {dataset}; use another --out")
+    old = {v["name"]: v["overrides"] for v in known["variants"]}
+    for name, overrides in variants:
+        if name in old and old[name] != overrides:
+            raise ValueError(f"{out}: variant {name!r} was benched with overrides {old[name]}, now {overrides}; "
+                             "use another --out or another variant name")
+        if name not in old:
+            known["variants"].append({"name": name, "overrides": dict(overrides)})
+    known["seeds"] = sorted(set(known["seeds"]) | set(seeds))
+    known["dataset_dir"] = dataset
+    _write_text(path, json.dumps(known, indent=2))
+
+
+def _check_same_config(run: Path, cfg: Config) -> None:
+    path = run / "config.json"
+    if not path.is_file():
+        return
+    done = json.loads(path.read_text())
+    want = cfg.to_dict()
+    diff = [f"{s}.{k}" for s in want for k in want[s]
+            if (s, k) not in _RUNTIME_KEYS and _jsonable(done.get(s, {}).get(k)) != _jsonable(want[s][k])]
+    if diff:
+        raise ValueError(f"{run} was trained with a different config ({', '.join(diff)}); "
+                         "bench into another --out, or delete that run folder to retrain it")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def summarise(out_dir: str | Path) -> dict[str, Any]:
+    """(Re)build results.json, results.md and the plots from the finished runs under ``out_dir/runs``."""
+    out = Path(out_dir)
+    runs = _finished_runs(out)
+    if not runs:
+        raise ValueError(f"{out} holds no finished runs (runs/VARIANT/seedN/metrics.json); run `temarec bench`")
+    results: dict[str, Any] = {"protocol": {}, "results": {}}
+    for name, by_seed in runs.items():
+        metrics = {seed: json.loads((path / "metrics.json").read_text()) for seed, path in by_seed.items()}
+        results["protocol"][name] = _variant_protocol(name, metrics)
+        results["results"][name] = aggregate(metrics)
+    _write_text(out / "results.json", json.dumps(results, indent=2))
+    _write_text(out / "results.md", format_results(results))
+    plot_metrics(results, out / "metrics.png")
+    plot_curves(runs, out / "curves.png")
+    log.info("wrote %s, %s and plots", out / "results.json", out / "results.md")
+    return results
+
+
+def _finished_runs(out: Path) -> dict[str, dict[int, Path]]:
+    """{variant: {seed: run folder}} of runs with a metrics.json, variants in bench.json order."""
+    order = []
+    if (out / "bench.json").is_file():
+        order = [v["name"] for v in json.loads((out / "bench.json").read_text())["variants"]]
+    found: dict[str, dict[int, Path]] = {}
+    for metrics in sorted((out / "runs").glob("*/seed*/metrics.json")):
+        variant, seed_dir = metrics.parent.parent.name, metrics.parent.name
+        if seed_dir[4:].isdigit():
+            found.setdefault(variant, {})[int(seed_dir[4:])] = metrics.parent
+    ranked = sorted(found, key=lambda v: (order.index(v) if v in order else len(order), v))
+    return {v: dict(sorted(found[v].items())) for v in ranked}
+
+
+def _variant_protocol(name: str, metrics: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    protocols = [m["protocol"] for m in metrics.values()]
+    first = protocols[0]
+    if any(p != first for p in protocols[1:]):
+        log.warning("%s: seeds report different protocol info (data, encoders or tags differ); "
+                    "results.json keeps the first seed's", name)
+    return first
+
+
+def aggregate(metrics: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed metrics.json objects -> {"seeds", "mean", "std", "timing"} of one variant."""
+    seeds = {str(s): {split: m[split] for split in SPLITS} for s, m in metrics.items()}
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    first = next(iter(metrics.values()))
+    for split in SPLITS:
+        for protocol in PROTOCOLS:
+            for domain in first[split][protocol]:
+                for metric in AGG_METRICS:
+                    values = [m[split][protocol][domain][metric] for m in metrics.values()]
+                    mean.setdefault(split, {}).setdefault(protocol, {}).setdefault(domain, {})[metric] = \
+                        statistics.fmean(values)
+                    std.setdefault(split, {}).setdefault(protocol, {}).setdefault(domain, {})[metric] = \
+                        statistics.stdev(values) if len(values) > 1 else None
+    timing = [m.get("timing", {}) for m in metrics.values()]
+    return {"seeds": seeds, "mean": mean, "std": std, "timing": {
+        "epochs_mean": statistics.fmean(t.get("epochs", 0) for t in timing),
+        "epoch_s_median": statistics.median(t.get("epoch_s_median", 0.0) for t in timing),
+        "train_s_mean": statistics.fmean(t.get("train_s", 0.0) for t in timing),
+        "peak_rss_mb_max": max(t.get("peak_rss_mb", 0.0) for t in timing),
+        "selected_epochs": [m.get("selected_epoch") for m in metrics.values()],
+    }}
+
+
+def _cell(mean: float, std: float | None) -> str:
+    if mean is None or math.isnan(mean):
+        return "nan"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def format_table(results: dict[str, Any], split: str, protocol: str) -> str:
+    """Markdown table: one row per variant; MRR, NDCG@5, NDCG@10 of each domain in %, mean ± std."""
+    variants = results["results"]
+    domains = list(next(iter(variants.values()))["mean"][split][protocol])
+    cols = [f"{d} {m.upper()}" for d in domains for m in TABLE_METRICS]
+    lines = ["| model | seeds | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for name, r in variants.items():
+        cells = [_cell(r["mean"][split][protocol][d][m], r["std"][split][protocol][d][m])
+                 for d in domains for m in TABLE_METRICS]
+        lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """results.md: a header saying what produced the numbers, the test tables per protocol, validation, timing."""
+    protocols = results["protocol"]
+    variants = results["results"]
+    first = next(iter(protocols.values()))
+    datas = sorted({p["data"] for p in protocols.values()})
+    seed_sets = sorted({tuple(sorted(int(s) for s in r["seeds"])) for r in variants.values()})
+    seeds_line = "; ".join(f"{len(s)} ({', '.join(map(str, s))})" for s in seed_sets)
+    n_test = _split_sizes(variants, "test")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- data: {'; '.join(datas)}",
+        f"- test instances: {', '.join(f'{d} {n:,}' for d, n in n_test.items())}",
+        f"- protocol, sampled: the target against {first['negatives']} stored negatives of its domain "
+        f"(C2DSR, drawn once with seed {first['negative_seed']})",
+        "- protocol, full: the target's rank among all items of its domain",
+        f"- model selection: {first['selection']}; test scored once for the selected checkpoint",
+        f"- seeds: {seeds_line}; cells are mean ± sample std over seeds, metrics in %",
+        "- encoders and tag source per model:",
+    ]
+    for name, p in protocols.items():
+        note = f"; notes: {p['notes']}" if p.get("notes") else ""
+        lines.append(f"  - {name}: encoders {p['encoders']}; tags {p['tags']}{note}")
+    titles = {"sampled": f"sampled protocol ({first['negatives']} negatives)", "full": "full ranking"}
+    for protocol in PROTOCOLS:
+        lines += ["", f"## Test, {titles[protocol]}", "", format_table(results, "test", protocol)]
+    for protocol in PROTOCOLS:
+        lines += ["", f"## Validation, {titles[protocol]}", "", format_table(results, "valid", protocol)]
+    lines += ["", "## Timing", "", "| model | epochs (mean) | selected epochs | epoch s (median) | train s (mean) "
+              "| peak RSS MB (max) |", "|---|---|---|---|---|---|"]
+    for name, r in variants.items():
+        t = r["timing"]
+        lines.append(f"| {name} | {t['epochs_mean']:.1f} | {', '.join(map(str, t['selected_epochs']))} "
+                     f"| {t['epoch_s_median']:.2f} | {t['train_s_mean']:.1f} | {t['peak_rss_mb_max']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _split_sizes(variants: dict[str, Any], split: str) -> dict[str, int]:
+    one_seed = next(iter(next(iter(variants.values()))["seeds"].values()))
+    return {d: int(m["n"]) for d, m in one_seed[split]["sampled"].items()}
+
+
+def plot_metrics(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: test MRR (%) per variant, one bar per domain, std error bars; one panel per protocol."""
+    plt = _pyplot()
+    import numpy as np
+
+    variants = list(results["results"])
+    domains = list(results["results"][variants[0]]["mean"]["test"]["sampled"])
+    fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(max(6.0, 1.4 * len(variants) * len(PROTOCOLS)), 4.0))
+    x = np.arange(len(variants))
+    width = 0.8 / len(domains)
+    for ax, protocol in zip(axes, PROTOCOLS):
+        for k, domain in enumerate(domains):
+            means = [100 * results["results"][v]["mean"]["test"][protocol][domain]["mrr"] for v in variants]
+            stds = [100 * (results["results"][v]["std"]["test"][protocol][domain]["mrr"] or 0.0) for v in variants]
+            ax.bar(x + (k - (len(domains) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=domain)
+        ax.set_xticks(x, variants, rotation=30 if len(variants) > 4 else 0, ha="right" if len(variants) > 4 else "center")
+        ax.set_ylabel("test MRR (%)")
+        ax.set_title(f"{protocol} protocol")
+        ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _read_curve(run: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records by epoch; a resumed run may repeat an epoch, the last record wins."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot_curves(runs: dict[str, dict[int, Path]], path: Path) -> None:
+    """Validation MRR (sampled, mean over domains) and training loss per epoch; one line per run."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_mrr, ax_loss) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = 0
+    for i, (name, by_seed) in enumerate(runs.items()):
+        for j, (seed, run) in enumerate(by_seed.items()):
+            curve = _read_curve(run)
+            if not curve:
+                continue
+            label = name if j == 0 else None
+            color = colors[i % len(colors)]
+            scored = [r for r in curve if "valid_mrr" in r]
+            ax_mrr.plot([r["epoch"] for r in scored], [100 * r["valid_mrr"] for r in scored], color=color,
+                        marker=".", alpha=0.8, label=label)
+            ax_loss.plot([r["epoch"] for r in curve], [r["loss"] for r in curve], color=color, alpha=0.8, label=label)
+            drawn += 1
+    ax_mrr.set(xlabel="epoch", ylabel="validation MRR, sampled (%)", title="validation MRR (mean over domains)")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    for ax in (ax_mrr, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if drawn:
+        ax_mrr.legend()
+        ax_loss.legend()
+    else:
+        for ax in (ax_mrr, ax_loss):
+            ax.text(0.5, 0.5, "no per-epoch logs\n(no trained model in this bench)", ha="center", va="center",
+                    transform=ax.transAxes)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

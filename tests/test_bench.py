@@ -1,0 +1,154 @@
+"""bench: the grid trains every (model, seed), aggregates correctly, writes tables and plots, and resumes."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from temarec import bench
+from temarec.cli import main
+from temarec.config import Config
+from temarec.data.synthetic import write_synthetic
+
+MODELS = ("pop", "sasrec")
+SEEDS = (0, 1)
+TINY = ["train.epochs=2", "model.dim=16", "data.max_len=10", "train.threads=1", "train.batch_size=512"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_config() -> Config:
+    return Config().replace(**dict(kv.split("=", 1) for kv in TINY))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("data") / "world")
+
+
+@pytest.fixture(scope="module")
+def benched(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "b"
+    argv = ["bench", "--dataset", str(world), "--models", ",".join(MODELS), "--seeds", str(len(SEEDS)),
+            "--out", str(out)]
+    for kv in TINY:
+        argv += ["--set", kv]
+    assert main(argv) == 0
+    return out
+
+
+def test_seed_list_and_model_variants():
+    assert bench.seed_list(3) == [0, 1, 2]
+    assert bench.seed_list("3") == [0, 1, 2]
+    assert bench.seed_list("0,5,7") == [0, 5, 7]
+    for bad in ("0", "x", "1,1", "-1,2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            bench.seed_list(bad)
+    assert bench.model_variants("pop, sasrec") == [("pop", {"model.name": "pop"}), ("sasrec", {"model.name": "sasrec"})]
+    with pytest.raises(ValueError, match="--models"):
+        bench.model_variants("pop,pop")
+
+
+def test_every_model_and_seed_has_a_run_folder(benched):
+    for model in MODELS:
+        for seed in SEEDS:
+            run = bench.run_dir(benched, model, seed)
+            assert (run / "metrics.json").is_file()
+            assert json.loads((run / "config.json").read_text())["train"]["seed"] == seed
+            assert json.loads((run / "config.json").read_text())["model"]["name"] == model
+
+
+def test_results_json_mean_and_std_recomputed_from_the_runs(benched):
+    results = json.loads((benched / "results.json").read_text())
+    assert list(results["results"]) == list(MODELS)
+    assert set(results["protocol"]) == set(MODELS)
+    assert results["protocol"]["sasrec"]["model"] == "sasrec"
+    for model in MODELS:
+        r = results["results"][model]
+        assert set(r["seeds"]) == {str(s) for s in SEEDS}
+        runs = [json.loads((bench.run_dir(benched, model, s) / "metrics.json").read_text()) for s in SEEDS]
+        for split in ("valid", "test"):
+            for protocol in ("sampled", "full"):
+                assert set(r["mean"][split][protocol]) == {"Food", "Kitchen"}
+                for domain in ("Food", "Kitchen"):
+                    for metric in ("mrr", "ndcg@5", "ndcg@10", "hr@10"):
+                        values = [m[split][protocol][domain][metric] for m in runs]
+                        assert r["mean"][split][protocol][domain][metric] == pytest.approx(sum(values) / len(values))
+                        assert r["std"][split][protocol][domain][metric] == pytest.approx(statistics.stdev(values))
+                        assert [r["seeds"][str(s)][split][protocol][domain][metric] for s in SEEDS] == values
+    # seeds change SASRec's initialisation, so its numbers differ between seeds
+    sasrec = results["results"]["sasrec"]["seeds"]
+    assert sasrec["0"]["test"]["sampled"]["Food"]["mrr"] != sasrec["1"]["test"]["sampled"]["Food"]["mrr"]
+
+
+def test_results_md_has_both_protocol_tables_every_model_and_domain(benched):
+    md = (benched / "results.md").read_text()
+    assert "## Test, sampled protocol" in md and "## Test, full ranking" in md
+    assert "generated-world" in md and "seeds: 2 (0, 1)" in md and "encoders" in md and "tags" in md
+    for model in MODELS:
+        assert f"| {model} | 2 |" in md
+    for domain in ("Food", "Kitchen"):
+        for metric in ("MRR", "NDCG@5", "NDCG@10"):
+            assert f"{domain} {metric}" in md
+    results = json.loads((benched / "results.json").read_text())["results"]
+    m = results["sasrec"]["mean"]["test"]["sampled"]["Food"]["mrr"]
+    s = results["sasrec"]["std"]["test"]["sampled"]["Food"]["mrr"]
+    assert f"{100 * m:.2f} ± {100 * s:.2f}" in md
+
+
+def test_plots_are_png_files(benched):
+    import matplotlib.image
+
+    for name in ("metrics.png", "curves.png"):
+        path = benched / name
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        assert matplotlib.image.imread(path).shape[0] > 100
+    assert not list(benched.glob("*.tmp"))
+
+
+def test_rerun_skips_finished_runs(benched, world, monkeypatch):
+    stamps = {p: p.stat().st_mtime_ns for p in benched.glob("runs/*/seed*/metrics.json")}
+    assert len(stamps) == len(MODELS) * len(SEEDS)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("temarec.train.train_run", no_training)
+    results = bench.run_grid(world, bench.model_variants(MODELS), list(SEEDS), benched, tiny_config())
+    assert list(results["results"]) == list(MODELS)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_summarise_rebuilds_reports_from_runs(benched):
+    (benched / "results.md").unlink()
+    (benched / "metrics.png").unlink()
+    results = bench.summarise(benched)
+    assert (benched / "results.md").is_file() and (benched / "metrics.png").is_file()
+    assert results == json.loads((benched / "results.json").read_text())
+    (benched / "curves.png").unlink()
+    assert main(["bench", "--out", str(benched), "--summarise"]) == 0
+    assert (benched / "curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_changed_config_is_refused_not_mixed(benched, world):
+    other = tiny_config().replace(**{"train.epochs": "3"})
+    with pytest.raises(ValueError, match="different config"):
+        bench.run_grid(world, bench.model_variants(["sasrec"]), [0], benched, other)
+    with pytest.raises(ValueError, match="overrides"):
+        bench.run_grid(world, [("sasrec", {"model.name": "gru4rec"})], [0], benched, tiny_config())
+
+
+def test_unfinished_run_is_replaced_and_new_seed_added(world, tmp_path):
+    out = tmp_path / "b"
+    partial = bench.run_dir(out, "pop", 0)
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text("{}")  # crashed before writing metrics.json, nothing to resume
+    bench.run_grid(world, bench.model_variants(["pop", "random"]), [0], out, tiny_config())
+    assert (partial / "metrics.json").is_file()
+    results = bench.run_grid(world, bench.model_variants(["pop"]), [0, 1], out, tiny_config())
+    assert set(results["results"]["pop"]["seeds"]) == {"0", "1"}
+    assert set(results["results"]["random"]["seeds"]) == {"0"}  # kept from the first call
+    md = (out / "results.md").read_text()
+    assert "seeds: 1 (0); 2 (0, 1)" in md
