@@ -22,9 +22,14 @@ def generated_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("world") / "data", n_users=300, items_per_genre=15)
 
 
-def tiny_overrides(**extra: str) -> list[str]:
-    """--set arguments that make any model train in seconds."""
-    base = {"train.epochs": "2", "model.dim": "16", "data.max_len": "10", "train.batch_size": "64",
-            "eval.batch_size": "256"}
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+@pytest.fixture
+def tiny():
+    """tiny(**overrides) -> --set arguments that make any model train in seconds."""
+
+    def overrides(**extra: str) -> list[str]:
+        base = {"train.epochs": "2", "model.dim": "16", "data.max_len": "10", "train.batch_size": "64",
+                "eval.batch_size": "256"}
+        base.update(extra)
+        return [f"{k}={v}" for k, v in base.items()]
+
+    return overrides

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides
 from temarec.cli import main
 from temarec.config import load_config
 from temarec.evaluation import METRIC_ORDER
@@ -15,7 +14,8 @@ from temarec.train import load_run, train_run
 @pytest.fixture(scope="module")
 def sasrec_run(generated_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "sasrec"
-    cfg = load_config(None, tiny_overrides(**{"model.name": "sasrec", "train.epochs": "3"}))
+    cfg = load_config(None, ["train.epochs=3", "model.dim=16", "data.max_len=10", "train.batch_size=64",
+                             "model.name=sasrec"])
     train_run(generated_dataset, cfg, out)
     return out
 
@@ -56,9 +56,9 @@ def test_save_load_gives_the_same_scores(sasrec_run, generated_dataset):
     assert again["sampled"]["Food"]["mrr"] == pytest.approx(valid_before["sampled"]["Food"]["mrr"])
 
 
-def test_resume_continues_after_the_last_epoch(generated_dataset, tmp_path):
+def test_resume_continues_after_the_last_epoch(generated_dataset, tmp_path, tiny):
     out = tmp_path / "run"
-    cfg = load_config(None, tiny_overrides(**{"model.name": "gru4rec", "train.epochs": "1"}))
+    cfg = load_config(None, tiny(**{"model.name": "gru4rec", "train.epochs": "1"}))
     train_run(generated_dataset, cfg, out)
     cfg2 = cfg.replace(**{"train.epochs": "3"})
     train_run(generated_dataset, cfg2, out, resume=True)
@@ -66,8 +66,8 @@ def test_resume_continues_after_the_last_epoch(generated_dataset, tmp_path):
     assert epochs == [1, 2, 3]
 
 
-def test_early_stopping_respects_patience(generated_dataset, tmp_path):
-    cfg = load_config(None, tiny_overrides(**{"model.name": "sasrec", "train.epochs": "50", "train.patience": "1",
+def test_early_stopping_respects_patience(generated_dataset, tmp_path, tiny):
+    cfg = load_config(None, tiny(**{"model.name": "sasrec", "train.epochs": "50", "train.patience": "1",
                                                "train.lr": "1e-9"}))
     m = train_run(generated_dataset, cfg, tmp_path / "run")
     assert m["timing"]["epochs"] < 50

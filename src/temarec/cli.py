@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train_run(args.dataset, cfg, args.out, resume=args.resume)
     from temarec.evaluation import format_report
 
-    print(format_report(metrics))
+    if metrics:  # under torchrun only rank 0 returns metrics
+        print(format_report(metrics))
     return 0
 
 

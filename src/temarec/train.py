@@ -113,6 +113,14 @@ class _Distributed:
         torch.distributed.broadcast(t, src=0)
         return bool(t.item())
 
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over ranks (every rank gets it), e.g. the epoch loss of the whole global batch."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
+
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -138,7 +146,7 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, seqs:
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else float("nan")
+    return dist.mean(float(np.mean(losses)) if losses else float("nan"))  # over ranks: the global batch's loss
 
 
 def _state_tensors(model: SequentialModel) -> dict[str, torch.Tensor]:

@@ -1,0 +1,325 @@
+"""TEMA: views, batched encoders against a per-encoder loop, causality, padding, weights, learning, cold start."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from temarec.config import Config, ModelConfig
+from temarec.models.base import ModelContext
+from temarec.models.tema import TEMA, modality_weights, view_gather, view_weights
+
+N0, N1 = 7, 5  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
+HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
+                        [2, 8, 12, 4, 4, 10],
+                        [0, 0, 0, 0, 0, 11],
+                        [0, 0, 0, 0, 0, 0]])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and far faster on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_ctx(counts: np.ndarray | None = None, **extras) -> ModelContext:
+    rng = np.random.default_rng(0)
+    n = N0 + N1
+    base = {"features": {"txt": (rng.normal(size=(n, 6)).astype(np.float32), np.ones(n, bool)),
+                         "img": (rng.normal(size=(n, 4)).astype(np.float32), np.arange(n) < n - 2)},
+            "tag_vectors": (rng.random((n, 3)) * (rng.random((n, 3)) < 0.6)).astype(np.float32),
+            "tag_names": ["spicy", "baking", "tea"]}
+    base.update(extras)
+    return ModelContext(domain_sizes=(N0, N1), domains=("Food", "Kitchen"), max_len=12,
+                        item_counts=np.ones(n) if counts is None else counts, extras=base)
+
+
+def make_model(ctx: ModelContext | None = None, **overrides) -> TEMA:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{"name": "tema", "dim": 16, "heads": 2, "layers": 2, "dropout": 0.1, "loss": "full",
+                         **overrides})
+    return TEMA(cfg, ctx or make_ctx()).eval()
+
+
+def test_modality_weights_are_the_papers_and_renormalise_when_a_modality_is_absent():
+    assert modality_weights((0.4, 0.2, 0.2), ("id", "img", "txt", "tag")) == pytest.approx(
+        {"id": 0.4, "img": 0.2, "txt": 0.2, "tag": 0.2})
+    assert modality_weights((0.4, 0.2, 0.2), ("id", "txt", "tag")) == pytest.approx(
+        {"id": 0.5, "txt": 0.25, "tag": 0.25})
+    assert modality_weights((0.4, 0.2, 0.2), ("id",)) == {"id": 1.0}
+    with pytest.raises(ValueError, match="zero weight"):
+        modality_weights((0.5, 0.5, 0.0), ("txt", "tag"))
+
+
+def test_model_mixes_probabilities_with_the_renormalised_weights():
+    ctx = make_ctx(modalities=("id", "txt", "tag"))
+    model = make_model(ctx)
+    assert model.modalities == ("id", "txt", "tag")
+    torch.testing.assert_close(model.log_alpha.exp(), torch.tensor([0.5, 0.25, 0.25]))
+
+
+@pytest.mark.parametrize("reading, domain, expected", [("target", 0, [1.0, 0.3, 0.1]), ("target", 1, [0.3, 1.0, 0.1]),
+                                                       ("fixed", 0, [1.0, 0.3, 0.1]), ("fixed", 1, [1.0, 0.3, 0.1])])
+def test_view_weights_follow_the_reading(reading, domain, expected):
+    assert view_weights("multi", reading, (0.3, 0.1), domain) == pytest.approx(expected)
+    assert view_weights("merged", reading, (0.3, 0.1), domain) == [1.0]
+
+
+def test_views_of_a_hand_example_are_left_padded_and_point_at_the_latest_item_so_far():
+    ids = torch.tensor([[0, 3, 9, 1, 8, 2]])  # Food 3, Kitchen 9, Food 1, Kitchen 8, Food 2
+    food, last, has = view_gather(ids, (ids > 0) & (ids <= N0))
+    assert food.tolist() == [[0, 0, 0, 3, 1, 2]]
+    assert has.tolist() == [[False, True, True, True, True, True]]
+    assert last[has].tolist() == [3, 3, 4, 4, 5]  # after 9 the latest Food item is still 3 (slot 3)
+    view_ids, last, has = make_model().views(ids)
+    assert view_ids.tolist() == [[[0, 0, 0, 3, 1, 2]], [[0, 0, 0, 0, 9, 8]], [[0, 3, 9, 1, 8, 2]]]
+    assert last[1, 0, 2:].tolist() == [4, 4, 5, 5] and not has[1, 0, :2].any()
+
+
+@pytest.mark.parametrize("views", ["multi", "merged"])
+@pytest.mark.parametrize("domain, n", [(0, N0), (1, N1)])
+def test_scores_are_probability_mixtures_of_the_right_shape(views, domain, n):
+    model = make_model(views=views)
+    with torch.no_grad():
+        scores = model.score_domain(HISTORY, domain)
+    assert scores.shape == (len(HISTORY), n) and torch.isfinite(scores).all()
+    total = sum(view_weights(views, "target", (0.3, 0.1), domain))  # each view's mixture sums to 1
+    torch.testing.assert_close(scores.sum(1), torch.full((len(HISTORY),), total))
+
+
+def test_batched_encoders_equal_a_loop_over_each_encoder():
+    model = make_model(dropout=0.0)
+    enc = model.encoders
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.normal_(0.0, 0.5)
+    E, B, L, D = enc.pos.shape[0], 3, 5, model.cfg.dim
+    x = torch.randn(E, B, L, D)
+    valid = torch.ones(E, B, L, dtype=torch.bool)
+    valid[:, 0, :2] = False  # left padding
+    valid[3:, 2, :4] = False  # some encoders see one item only
+    with torch.no_grad():
+        batched = enc(x, valid)
+        for e in range(E):
+            torch.testing.assert_close(batched[e], _reference_encoder(enc, e, x[e], valid[e], model.cfg.heads))
+
+
+def _reference_encoder(enc, e: int, x: torch.Tensor, valid: torch.Tensor, heads: int) -> torch.Tensor:
+    """One encoder, written out plainly with its own slice of the stacked weights."""
+    B, L, D = x.shape
+    ln = lambda p, z: F.layer_norm(z, (D,), p.weight[e], p.bias[e])  # noqa: E731
+    lin = lambda p, z: z @ p.weight[e] + p.bias[e]  # noqa: E731
+    rank = (torch.arange(L) - (L - valid.sum(1, keepdim=True))).clamp(min=0)  # (B, L)
+    h = x + enc.pos[e][rank]
+    allowed = torch.ones(L, L, dtype=torch.bool).tril() & (valid[:, None, :] | torch.eye(L, dtype=torch.bool))
+    for blk in enc.blocks:
+        q, k, v = (t.view(B, L, heads, D // heads).transpose(1, 2) for t in lin(blk.qkv, ln(blk.ln_attn, h)).split(D, -1))
+        att = (q @ k.transpose(-1, -2) / math.sqrt(D // heads)).masked_fill(~allowed[:, None], float("-inf"))
+        h = h + lin(blk.out, (att.softmax(-1) @ v).transpose(1, 2).reshape(B, L, D))
+        h = h + lin(blk.ffn_out, torch.relu(lin(blk.ffn_in, ln(blk.ln_ffn, h))))
+    return ln(enc.ln_final, h)
+
+
+def all_states(model: TEMA, seqs: torch.Tensor) -> torch.Tensor:
+    """(V, M, B, L, D) states at every position."""
+    h = model.position_states(seqs, torch.ones_like(seqs, dtype=torch.bool))
+    return h.view(*h.shape[:2], *seqs.shape, -1)
+
+
+def test_changing_a_later_item_leaves_earlier_states_unchanged():
+    model = make_model()
+    changed = HISTORY.clone()
+    changed[:, -1] = 5
+    with torch.no_grad():
+        h, h_changed = all_states(model, HISTORY), all_states(model, changed)
+    torch.testing.assert_close(h[..., :-1, :], h_changed[..., :-1, :])
+    assert not torch.allclose(h[..., -1, :], h_changed[..., -1, :])
+
+
+def test_training_states_at_each_position_equal_inference_on_that_prefix():
+    model = make_model()
+    with torch.no_grad():
+        h = all_states(model, HISTORY)  # (V, M, B, L, D)
+        for t in range(HISTORY.shape[1]):
+            torch.testing.assert_close(h[..., t, :], model.final_states(HISTORY[:, :t + 1]))
+
+
+def test_extra_left_padding_leaves_scores_unchanged():
+    model = make_model()
+    padded = torch.cat([torch.zeros(len(HISTORY), 5, dtype=torch.long), HISTORY], dim=1)
+    with torch.no_grad():
+        for domain in (0, 1):
+            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
+
+
+def test_sequence_longer_than_max_len_is_rejected():
+    with pytest.raises(ValueError, match="max_len"):
+        make_model().score_domain(torch.ones(1, 13, dtype=torch.long), 0)
+
+
+SEQS = torch.tensor([[0, 0, 1, 8, 2, 9, 3],
+                     [4, 12, 5, 11, 6, 10, 7],
+                     [0, 0, 0, 0, 0, 0, 0]])  # an all-padding row must not break the loss
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_loss_decreases_when_overfitting(loss):
+    model = make_model(loss=loss, num_sampled=3).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        value = model.training_loss(SEQS)
+        value.backward()
+        opt.step()
+        losses.append(float(value.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_full_loss_is_the_weighted_mixture_nll_of_the_views():
+    model = make_model(dropout=0.0)
+    seqs = torch.tensor([[1, 8, 2]])  # targets 8 (Kitchen, after [1]) and 2 (Food, after [1, 8])
+    alpha = model.log_alpha.exp()[None, :]  # (1, M)
+    with torch.no_grad():
+        loss = model.training_loss(seqs)
+        expected = 0.0
+        for t, target in ((1, 8), (2, 2)):
+            d = int(target > N0)
+            p = model.logits(model.final_states(seqs[:, :t]), model.domain_items(d)).softmax(-1)  # (V, M, 1, N)
+            per_view = (alpha * p[:, :, 0, target - 1 - d * N0]).sum(1)  # (V,) eq. (13): P^V(target)
+            w = torch.tensor(view_weights("multi", "target", (0.3, 0.1), d))
+            expected -= float((w * per_view.log()).sum())  # eq. (15)
+    assert float(loss) == pytest.approx(expected / 2, rel=1e-5)
+
+
+def test_cold_item_with_an_informative_title_ranks_high():
+    """Food items 1-4 are genre A, 5-8 genre B (text = genre + noise); item 4 never occurs in training."""
+    rng = np.random.default_rng(0)
+    n0, n1 = 8, 4
+    genre = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1])
+    text = (np.eye(2)[genre] * 3 + rng.normal(scale=0.3, size=(12, 2))).astype(np.float32)
+    text = np.concatenate([text, rng.normal(scale=0.3, size=(12, 4)).astype(np.float32)], 1)
+    counts = np.ones(12)
+    counts[3] = 0
+    ctx = ModelContext(domain_sizes=(n0, n1), domains=("Food", "Kitchen"), max_len=8, item_counts=counts,
+                       extras={"modalities": ("id", "txt"), "features": {"txt": (text, np.ones(12, bool))}})
+    torch.manual_seed(0)
+    model = TEMA(ModelConfig(name="tema", dim=16, heads=1, layers=1, dropout=0.0, loss="full"), ctx)
+    assert float(model.items.id_known[4]) == 0.0  # idx 3 -> id 4
+    a = [1, 9, 2, 10, 3, 9, 1, 10, 2]  # genre A: Food 1-3, Kitchen 9-10
+    b = [5, 11, 6, 12, 7, 11, 8, 12, 5]
+    seqs = torch.tensor([a, b, a[1:] + [3], b[1:] + [6]])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        model.training_loss(seqs).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        vecs, _ = model.items(torch.tensor([4]))
+        assert torch.all(vecs[0] == 0)  # the ID part of a cold item is zero: content alone represents it
+        scores = model.score_domain(torch.tensor([[1, 9, 2, 10]]), 0)[0]  # a genre-A history
+    rank_of_cold = int((scores > scores[3]).sum()) + 1
+    assert rank_of_cold <= 4, scores  # above every genre-B item
+
+
+def test_explain_returns_tags_shared_with_the_history_and_modality_shares():
+    model = make_model()
+    out = model.explain(HISTORY[:1], 0, [0, 2])
+    assert len(out) == 2
+    for entry in out:
+        assert set(entry["modality_share"]) == {"id", "txt", "img", "tag"}
+        assert sum(entry["modality_share"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert all(t["tag"] in {"spicy", "baking", "tea"} and t["weight"] > 0 for t in entry["tags"])
+    w = model.items.tag_w
+    hist = w[HISTORY[0]].sum(0)
+    top = torch.argmax(w[1] * hist)  # local item 0 = id 1
+    if float((w[1] * hist).max()) > 0:
+        assert out[0]["tags"][0]["tag"] == ["spicy", "baking", "tea"][int(top)]
+
+
+def test_feature_and_tag_buffers_stay_out_of_the_checkpoint_and_reload_gives_the_same_scores():
+    model = make_model()
+    state = model.state_dict()
+    assert not any(k.endswith(("txt_raw", "img_raw", "tag_w")) for k in state)
+    torch.manual_seed(5)
+    fresh = TEMA(model.cfg, make_ctx()).eval()
+    fresh.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.score_domain(HISTORY, 1), model.score_domain(HISTORY, 1))
+
+
+def test_missing_modality_data_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="ctx.extras"):
+        make_model(make_ctx(features={}))
+    cfg = Config().replace(**{"model.name": "tema", "model.modalities": "id,txt"})
+    with pytest.raises(ValueError, match="temarec features --dataset"):
+        TEMA.context_extras(SimpleNamespace(root=tmp_path), cfg)
+
+
+def test_missing_image_features_drop_the_image_modality(tmp_path):
+    from temarec.features.store import FORMAT_VERSION, features_dir
+
+    features_dir(tmp_path).mkdir(parents=True)
+    (features_dir(tmp_path) / "meta.json").write_text(json.dumps(
+        {"format_version": FORMAT_VERSION, "modalities": {"txt": {"encoder": "fake", "dim": 6}}}))
+    from temarec.models.tema import _usable_modalities
+
+    assert _usable_modalities(tmp_path, ("id", "img", "txt")) == ("id", "txt")
+
+
+def test_encoding_in_length_groups_changes_nothing(monkeypatch):
+    import temarec.models.tema as tema
+
+    model = make_model(dropout=0.0)
+    seqs = torch.cat([SEQS, torch.tensor([[0, 0, 0, 0, 3, 9, 2], [0, 0, 0, 0, 0, 1, 8]])])
+    with torch.no_grad():
+        whole = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
+        monkeypatch.setattr(tema, "GROUP_ROWS", 2)
+        grouped = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
+    for a, b in zip(whole, grouped):
+        torch.testing.assert_close(a, b)
+
+
+def test_describe_sources_names_weights_views_and_loss(tmp_path):
+    cfg = Config().replace(**{"model.name": "tema", "model.modalities": "id", "model.loss": "sampled",
+                              "model.num_sampled": "100"})
+    dataset = SimpleNamespace(root=tmp_path, domains=("Food", "Kitchen"), domain_sizes=(500, 50))
+    sources = TEMA.describe_sources(dataset, cfg)
+    assert sources["tags"].startswith("none") and sources["encoders"].startswith("none")
+    notes = sources["notes"]
+    assert "id 1.00 (renormalised: img, txt, tag not used)" in notes
+    assert "X = the target's domain" in notes and "sampled softmax (100 shared" in notes
+    assert TEMA.context_extras(dataset, cfg) == {"modalities": ("id",)}
+
+
+def test_sampled_loss_is_the_mixture_nll_over_target_and_reweighted_negatives():
+    model = make_model(dropout=0.0, loss="sampled", num_sampled=4)
+    seqs = torch.tensor([[1, 2, 3]])  # two Food targets (2 after [1], 3 after [1, 2]); Food has 7 items
+    alpha = model.log_alpha.exp()[None, :, None]  # (1, M, 1)
+    w = torch.tensor(view_weights("multi", "target", (0.3, 0.1), 0))
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = model.training_loss(seqs)
+        torch.manual_seed(5)
+        neg = torch.randint(0, N0, (4,))
+        assert set(neg.tolist()) >= {1, 2}  # both targets (local 1 and 2) are also drawn as negatives
+        expected = 0.0
+        for t, target in ((1, 2), (2, 3)):
+            z = model.logits(model.final_states(seqs[:, :t]), model.domain_items(0))[:, :, 0]  # (V, M, 7)
+            negz = z[..., neg].masked_fill(neg == target - 1, float("-inf"))  # accidental hits out
+            log_z = torch.logaddexp(z[..., target - 1], negz.logsumexp(-1) + math.log((N0 - 1) / 4))
+            per_view = (alpha * (z[..., target - 1] - log_z).exp()[..., None]).sum((1, 2))  # (V,)
+            expected -= float((w * per_view.log()).sum())
+    assert float(loss) == pytest.approx(expected / 2, rel=1e-5)

@@ -1,0 +1,75 @@
+"""Ablations: the variant grid, the keyword-tags copy of the dataset, and the paper-layout tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import temarec.ablations as ablations
+from temarec.config import Config
+
+
+def test_variants_are_distinct_valid_configs_covering_every_table_and_the_lambda_grid():
+    variants = dict(ablations.variants())
+    assert len(variants) == len(ablations.variants())
+    for name, overrides in variants.items():
+        cfg = Config().replace(**overrides)
+        assert cfg.model.name == "tema", name
+    names = {v for table in (ablations.TABLE4, ablations.TABLE5, ablations.TABLE6) for v, _, _ in table}
+    assert names - set(variants) == {ablations.KEYWORD_ROW}
+    grid = {ablations.lambda_name(a, b) for a in ablations.LAMBDA1 for b in ablations.LAMBDA2}
+    assert len(grid) == 16 and grid <= set(variants) and "tema" in grid
+    assert Config().replace(**variants["lambda-0.5-0.05"]).model.lambdas == (0.5, 0.05)
+    merged = Config().replace(**variants["base-id-merged"]).model
+    assert merged.modalities == ("id",) and merged.views == "merged"
+    assert Config().replace(**variants["tags-onehot"]).tags.representation == "onehot"
+
+
+def _fake_result(valid: float, test: float) -> dict:
+    per = lambda x: {"sampled": {"Food": {"mrr": x}, "Kitchen": {"mrr": x / 2}}}  # noqa: E731
+    return {"mean": {"valid": per(valid), "test": per(test)}, "seeds": {"0": {}}}
+
+
+def test_run_ablations_writes_the_tables_and_selects_lambdas_on_validation(tmp_path, monkeypatch):
+    dataset = tmp_path / "data"
+    (dataset / "tags").mkdir(parents=True)
+    for name in ("items.parquet", "manifest.json"):
+        (dataset / name).write_text("x")
+    (dataset / "tags" / "vocab.json").write_text("{}")
+    (dataset / "tags" / "meta.json").write_text("{}")
+    calls = []
+
+    def fake_grid(dataset_dir, variants, seeds, out_dir, base_cfg):
+        calls.append((str(dataset_dir), [v for v, _ in variants]))
+        valid = {v: 0.01 for v, _ in variants}
+        valid["lambda-0.4-0.15"] = 0.05  # the best on validation
+        return {"results": {v: _fake_result(valid[v], 0.02) for v, _ in variants},
+                "protocol": {v: {"tags": "fake tags", "data": "fake data"} for v, _ in variants}}
+
+    def fake_tags(dataset_dir, cfg, steps):
+        assert cfg.match_backend == "keyword" and tuple(steps) == ("match",)
+        assert (dataset_dir / "tags" / "vocab.json").is_file()  # the same vocabulary, copied
+        (dataset_dir / "tags" / "scores.parquet").write_text("x")
+
+    monkeypatch.setattr(ablations, "run_grid", fake_grid)
+    monkeypatch.setattr("temarec.tags.run_tags", fake_tags)
+    summary = ablations.run_ablations(dataset, [0], tmp_path / "abl", Config())
+
+    keyword_dir = tmp_path / "abl" / "keyword" / "dataset"
+    assert calls[1] == (str(keyword_dir), [ablations.KEYWORD_ROW])
+    assert (keyword_dir / "items.parquet").is_symlink() and not (keyword_dir / "tags").is_symlink()
+    assert summary["lambda_selected"] == "0.4,0.15"
+    assert [r["variant"] for r in summary["table4"]] == [v for v, _, _ in ablations.TABLE4]
+    assert summary["table4"][0]["test_mrr"] == pytest.approx({"Food": 2.0, "Kitchen": 1.0, "mean": 1.5})
+    md = (tmp_path / "abl" / "ablations.md").read_text()
+    for paper in ("5.03", "5.56", "5.89", "6.41", "6.13", "6.30", "6.29", "6.14"):
+        assert paper in md
+    assert "Selected on validation: lambda1, lambda2 = 0.4,0.15" in md
+    assert json.loads((tmp_path / "abl" / "ablations.json").read_text())["lambda_selected"] == "0.4,0.15"
+
+
+def test_ablations_need_a_tag_vocabulary(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ValueError, match="temarec tags --dataset"):
+        ablations.keyword_dataset(tmp_path / "data", tmp_path / "kw", Config())
