@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 
 from temarec.config import Config
 from temarec.evaluation import PROTOCOLS
+from temarec.fileio import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _record_grid(out: Path, dataset_dir: str | Path, variants: list[Variant], se
             known["variants"].append({"name": name, "overrides": dict(overrides)})
     known["seeds"] = sorted(set(known["seeds"]) | set(seeds))
     known["dataset_dir"] = dataset
-    _write_text(path, json.dumps(known, indent=2))
+    write_text_atomic(path, json.dumps(known, indent=2))
 
 
 def _check_same_config(run: Path, cfg: Config) -> None:
@@ -151,8 +151,8 @@ def summarise(out_dir: str | Path) -> dict[str, Any]:
         metrics = {seed: json.loads((path / "metrics.json").read_text()) for seed, path in by_seed.items()}
         results["protocol"][name] = _variant_protocol(name, metrics)
         results["results"][name] = aggregate(metrics)
-    _write_text(out / "results.json", json.dumps(results, indent=2))
-    _write_text(out / "results.md", format_results(results))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.md", format_results(results))
     plot_metrics(results, out / "metrics.png")
     plot_curves(runs, out / "curves.png")
     log.info("wrote %s, %s and plots", out / "results.json", out / "results.md")
@@ -350,13 +350,5 @@ def _pyplot():
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     _pyplot().close(fig)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from temarec.config import Config
 from temarec.data.dataset import Dataset
 from temarec.evaluation import evaluate, selection_score
+from temarec.fileio import atomic_write, write_json_atomic
 from temarec.models.base import ModelContext, SequentialModel, pad_histories
 
 log = logging.getLogger(__name__)
@@ -156,15 +157,7 @@ def _state_tensors(model: SequentialModel) -> dict[str, torch.Tensor]:
 
 
 def _save_atomic_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def load_weights(model: SequentialModel, path: Path) -> None:
@@ -202,10 +195,10 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     model = build_model(dataset, cfg).to(cfg.train.device)
     info = protocol_info(dataset, cfg, model)
     if dist.is_main:
-        _write_json(out / "config.json", cfg.to_dict())
-        _write_json(out / "item_ids.json", {"domains": list(dataset.domains), "domain_sizes": list(dataset.domain_sizes),
+        write_json_atomic(out / "config.json", cfg.to_dict())
+        write_json_atomic(out / "item_ids.json", {"domains": list(dataset.domains), "domain_sizes": list(dataset.domain_sizes),
                                             "items": dataset.items["item"].tolist()})
-        _write_json(out / "run.json", {"model": cfg.model.name, "dataset_dir": str(dataset.root.resolve()),
+        write_json_atomic(out / "run.json", {"model": cfg.model.name, "dataset_dir": str(dataset.root.resolve()),
                                        "manifest": dataset.manifest, "protocol": info})
     t0 = time.perf_counter()
     epoch_times: list[float] = []
@@ -232,7 +225,7 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
                    "epochs": len(epoch_times), "peak_rss_mb": round(_peak_rss_mb(), 1),
                    "world_size": dist.world, "threads": torch.get_num_threads()},
     }
-    _write_json(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     dist.close()
     return metrics
 
@@ -300,8 +293,7 @@ def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Pat
     _save_atomic_tensors(_state_tensors(model), out / "last.safetensors")
     state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
              "best_score": best["score"], "best_epoch": best["epoch"], "epoch_times": epoch_times}
-    torch.save(state, out / "last_state.pt.tmp")
-    os.replace(out / "last_state.pt.tmp", out / "last_state.pt")
+    atomic_write(out / "last_state.pt", lambda tmp: torch.save(state, tmp))
     over_budget = cfg.train.max_train_s > 0 and elapsed >= cfg.train.max_train_s
     if over_budget:
         log.info("stopping: train.max_train_s = %.0f s reached", cfg.train.max_train_s)

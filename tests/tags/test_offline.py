@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TITLES, make_dataset
+from tag_data import TITLES, make_dataset
 from temarec.cli import main
 from temarec.config import TagsConfig
 from temarec.tags import load_scores, load_tag_vectors, read_vocabulary, run_tags, tag_source

@@ -77,7 +77,7 @@ def test_rerun_is_served_from_the_cache(dataset, server):
 @pytest.mark.parametrize("fault", ["malformed", "500", "timeout", "truncated", "bad_tag", "range", "429", "fenced"])
 def test_faults_are_retried_and_the_result_is_unchanged(dataset, server, fault, tmp_path):
     reference = tmp_path / "ref"
-    from conftest import make_dataset
+    from tag_data import make_dataset
 
     make_dataset(reference)
     run_tags(reference, llm_cfg(server))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_dataset
+from tag_data import make_dataset
 from temarec.config import TagsConfig
 from temarec.tags import run_tags
 

@@ -109,7 +109,7 @@ class Dataset:
         root = Path(root)
         manifest_path = root / "manifest.json"
         if not manifest_path.is_file():
-            raise DataError(f"not a temarec dataset folder (no manifest.json); create one with `temarec prepare`",
+            raise DataError("not a temarec dataset folder (no manifest.json); create one with `temarec prepare`",
                             root)
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from temarec.fileio import atomic_write, write_json_atomic
 
 FEATURES_DIR = "features"
 FORMAT_VERSION = 1
@@ -44,24 +44,17 @@ def items_digest(item_ids: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_npy(tmp: str, array: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:  # an open file: np.save would append ".npy" to a bare temporary name
+        np.save(fh, array, allow_pickle=False)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
+    atomic_write(path, lambda tmp: _save_npy(tmp, array))
 
 
 def save_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2).encode()))
+    write_json_atomic(path, obj)
 
 
 class EmbeddingCache:

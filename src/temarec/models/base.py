@@ -86,6 +86,32 @@ class SequentialModel(nn.Module):
         """Inverse of ``extra_state``."""
 
 
+class TiedItemModel(SequentialModel):
+    """A sequence encoder whose states score items through the item embedding itself (GRU4Rec, SASRec).
+
+    Subclasses define ``self.item_emb`` (an ``nn.Embedding`` of 1 + n_items rows, row 0 = padding) and
+    ``encode(seqs (B, L)) -> (B, L, D)``, the state after each position.
+    """
+
+    item_emb: nn.Embedding
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs (B, L+1) -> scalar: next-item cross-entropy, softmax within each target's domain."""
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
+        h = self.encode(inputs)  # (B, L, D)
+        mask = targets > 0  # (B, L) positions with something to predict
+        return next_item_loss(h[mask], targets[mask], self.item_emb.weight, self.ctx,
+                              self.cfg.loss, self.cfg.num_sampled)
+
+    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
+        """history (B, L) -> (B, N_domain) scores from the state after the most recent item."""
+        h = self.encode(history)[:, -1]  # (B, D)
+        return h @ self.item_emb.weight[self.ctx.domain_slice(domain)].T  # (B, N)
+
+
 def domain_of_ids(ids: torch.Tensor, n_first: int) -> torch.Tensor:
     """ids (any shape, idx + 1, 0 = pad) -> 0/1 domain of each id (pad reads as domain 0)."""
     return (ids > n_first).long()

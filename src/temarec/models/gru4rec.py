@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from temarec.config import ModelConfig
-from temarec.models.base import ModelContext, SequentialModel, next_item_loss
+from temarec.models.base import ModelContext, TiedItemModel
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ class GRUEncoder(nn.Module):
         return roll_rows(out, -lengths)  # (B, L, D) back to left padding
 
 
-class GRU4Rec(SequentialModel):
+class GRU4Rec(TiedItemModel):
     """Item embedding -> dropout -> GRU -> dropout -> linear; scores are dot products with the item embedding."""
 
     name = "gru4rec"
@@ -66,16 +66,3 @@ class GRU4Rec(SequentialModel):
         out = self.encoder(x, valid.sum(1))  # (B, L, D)
         out = out * valid[..., None]  # padding positions (and all-padding rows) hold the empty state
         return self.proj(self.drop(out))  # (B, L, D)
-
-    def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs (B, L+1) -> scalar: next-item cross-entropy, softmax within each target's domain."""
-        inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
-        h = self.encode(inputs)  # (B, L, D)
-        mask = targets > 0  # (B, L) positions with something to predict
-        return next_item_loss(h[mask], targets[mask], self.item_emb.weight, self.ctx,
-                              self.cfg.loss, self.cfg.num_sampled)
-
-    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
-        """history (B, L) -> (B, N_domain) scores from the state after the most recent item."""
-        h = self.encode(history)[:, -1]  # (B, D)
-        return h @ self.item_emb.weight[self.ctx.domain_slice(domain)].T  # (B, N)

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from temarec.config import ModelConfig
-from temarec.models.base import ModelContext, SequentialModel, next_item_loss
+from temarec.models.base import ModelContext, TiedItemModel
 
 
 def attention_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x)))  # (B, L, D)
 
 
-class SASRec(SequentialModel):
+class SASRec(TiedItemModel):
     """Item + position embedding -> ``cfg.layers`` causal blocks -> LayerNorm; scores with the item embedding."""
 
     name = "sasrec"
@@ -104,16 +104,3 @@ class SASRec(SequentialModel):
         for block in self.blocks:
             x = block(x, mask)  # (B, L, D)
         return self.ln_final(x)  # (B, L, D)
-
-    def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs (B, L+1) -> scalar: next-item cross-entropy, softmax within each target's domain."""
-        inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
-        h = self.encode(inputs)  # (B, L, D)
-        mask = targets > 0  # (B, L) positions with something to predict
-        return next_item_loss(h[mask], targets[mask], self.item_emb.weight, self.ctx,
-                              self.cfg.loss, self.cfg.num_sampled)
-
-    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
-        """history (B, L) -> (B, N_domain) scores from the state at the most recent item."""
-        h = self.encode(history)[:, -1]  # (B, D)
-        return h @ self.item_emb.weight[self.ctx.domain_slice(domain)].T  # (B, N)

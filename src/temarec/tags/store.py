@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from temarec.fileio import atomic_write, write_bytes_atomic
 
 VOCAB = "vocab.json"
 SCORES = "scores.parquet"
@@ -33,24 +33,9 @@ def tags_dir(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / "tags"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    write_bytes_atomic(path, data)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -69,7 +54,7 @@ def write_scores(path: Path, item_ids: np.ndarray, tags: list[str], scores: np.n
         "tag": pa.DictionaryArray.from_arrays(pa.array(cols.astype(np.int32)), pa.array(tags, type=pa.string())),
         "score": pa.array(scores[rows, cols], type=pa.uint8()),
     })
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     return len(rows)
 
 
