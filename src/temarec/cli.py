@@ -140,10 +140,10 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from temarec.quickstart import QUICK_MODELS, run_quickstart
+    from temarec.quickstart import QUICK_MODELS, quickstart_config, run_quickstart
 
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else QUICK_MODELS
-    results = run_quickstart(args.out, _config(args), models=models)
+    results = run_quickstart(args.out, quickstart_config(args.config, args.set), models=models)
     print("GENERATED DATA (the built-in two-domain world), not real recommendations data.\n")
     print(results.read_text())
     print(f"\nrun folders, results.json and plots: {results.parent}")

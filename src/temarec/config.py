@@ -276,17 +276,20 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config YAML file as a dict of sections, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    _check(isinstance(raw, dict), f"config file {path} must hold a mapping of sections")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- ``--set`` overrides, validated."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
-        _check(isinstance(raw, dict), f"config file {path} must hold a mapping of sections")
-    cfg = Config.from_dict(raw)
+    cfg = Config.from_dict(read_yaml(path) if path is not None else {})
     return cfg.replace(**parse_overrides(overrides)) if overrides else cfg
