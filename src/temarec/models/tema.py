@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MODALITIES = ("id", "img", "txt", "tag")  # the order of alpha1 (id), alpha2 (img), alpha3 (txt); tag gets the rest
 CONTENT = ("img", "txt")  # frozen feature matrices, eqs. (5)-(6)
 MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
+TIE_BREAK_SEED, TIE_BREAK_SCALE = 2022, 1e-5  # relative jitter ordering otherwise exactly tied scores
 GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
 
 
@@ -229,6 +230,12 @@ class TEMA(SequentialModel):
         self.items = ItemEmbeddings(D, ctx, self.modalities)
         self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len)
         self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
+        # Items that carry no information (never trained, no text, no tags) get identical scores; a fixed random
+        # relative jitter far below any learned difference orders them at random instead, so that the sampled
+        # protocol's ">" rank is not optimistic for them (as pop does; see docs/DESIGN.md, "Data and evaluation").
+        g = torch.Generator().manual_seed(TIE_BREAK_SEED)
+        self.register_buffer("tie_break", 1.0 + TIE_BREAK_SCALE * torch.rand(ctx.n_items, generator=g),
+                             persistent=False)  # (n,)
         log_tau = torch.full((V, M), math.log(cfg.temperature))  # one temperature per (view, modality)
         if cfg.learn_temperature:
             self.log_tau = nn.Parameter(log_tau)
@@ -384,7 +391,8 @@ class TEMA(SequentialModel):
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """eqs. (16)-(17): P^X + lambda1 P^Y + lambda2 P^{X+Y} over the target domain's items, (B, N)."""
-        return self.modality_probs(history, domain).sum(0)
+        sl = self.ctx.domain_slice(domain)
+        return self.modality_probs(history, domain).sum(0) * self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
 
     @torch.no_grad()
     def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[int],
