@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from temarec.fileio import atomic_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -184,9 +183,7 @@ def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame,
                       "rule": "uniform over the target's domain, excluding only the target"},
         "source": source,
     }
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         items.reset_index(drop=True).to_parquet(tmp / "items.parquet", index=False)
         for s, frame in (("train", train), ("valid", valid), ("test", test)):
             frame.reset_index(drop=True).to_parquet(tmp / f"{s}.parquet", index=False)
@@ -194,12 +191,6 @@ def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame,
         for s, arr in negatives.items():
             np.save(tmp / "negatives" / f"{s}.npy", arr)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root
 
 

@@ -28,14 +28,12 @@ domains, and its metrics mix the domains. Run it with::
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from temarec.data.dataset import DataError, Dataset
+from temarec.fileio import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +78,7 @@ def export_recbole(dataset: str | Path, out: str | Path, overwrite: bool = False
     name = out.name
     item_ids = ds.items["item"].to_numpy()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         with open(tmp / f"{name}.inter", "w", encoding="utf-8") as fh:
             fh.write("user_id:token\titem_id:token\ttimestamp:float\n")
             for user, items, ts in _timelines(ds):
@@ -94,12 +90,6 @@ def export_recbole(dataset: str | Path, out: str | Path, overwrite: bool = False
                 fh.write(f"{_clean(item)}\t{_clean(title)}\t{_clean(domain)}\n")
         (tmp / f"{name}.yaml").write_text(RECBOLE_YAML.format(data_path=out.parent.resolve(), name=name,
                                                               max_len=max_len))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote RecBole atomic files for %d users to %s", len(ds.test), out)
     return out
 
