@@ -93,7 +93,9 @@ def test_scores_are_probability_mixtures_of_the_right_shape(views, domain, n):
         scores = model.score_domain(HISTORY, domain)
     assert scores.shape == (len(HISTORY), n) and torch.isfinite(scores).all()
     total = sum(view_weights(views, "target", (0.3, 0.1), domain))  # each view's mixture sums to 1
-    torch.testing.assert_close(scores.sum(1), torch.full((len(HISTORY),), total))
+    torch.testing.assert_close(scores.exp().sum(1), torch.full((len(HISTORY),), total), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the log of eq. (16)'s sum of probabilities (up to the 1e-5 tie-break jitter)
+        torch.testing.assert_close(scores.exp(), model.modality_probs(HISTORY, domain).sum(0), rtol=2e-5, atol=1e-7)
 
 
 def test_batched_encoders_equal_a_loop_over_each_encoder():
@@ -333,4 +335,16 @@ def test_items_without_any_information_do_not_tie_with_each_other():
     with torch.no_grad():
         scores = model.score_domain(torch.tensor([[0, 0, 1, N0 + 1]]), 1)[0]  # (N1,)
     assert len(set(scores.tolist())) == N1  # distinct, so ">" ranks are not optimistic
-    assert float(scores.max() / scores.min()) < 1 + 2e-5  # and the jitter is far below any learned difference
+    assert float(scores.max() - scores.min()) < 2e-5  # and the jitter is far below any learned difference
+
+
+def test_scores_do_not_underflow_to_ties_with_sharp_heads(monkeypatch):
+    model = make_model()
+    logits = model.logits
+    monkeypatch.setattr(model, "logits", lambda h, cand: logits(h, cand) * 1000)  # very confident heads
+    with torch.no_grad():
+        probs = model.modality_probs(HISTORY, 1).sum(0)
+        scores = model.score_domain(HISTORY, 1)
+    assert (probs == 0).any()  # the probability form underflows to exact ties at 0.0
+    assert torch.isfinite(scores).all()
+    assert all(len(set(row.tolist())) == N1 for row in scores)  # the log form keeps every item distinct

@@ -390,9 +390,20 @@ class TEMA(SequentialModel):
         return out  # type: ignore[return-value]
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
-        """eqs. (16)-(17): P^X + lambda1 P^Y + lambda2 P^{X+Y} over the target domain's items, (B, N)."""
+        """eqs. (16)-(17): log(P^X + lambda1 P^Y + lambda2 P^{X+Y}) over the target domain's items, (B, N).
+
+        The log of the paper's score ranks identically, and computed as a log-sum-exp of log-softmaxes it does
+        not underflow: sharp heads (learned temperatures) give many items a probability of exactly 0 in float32,
+        which would tie them with the target and make the sampled protocol's ">" rank optimistic.
+        """
+        h = self.final_states(history)  # (V, M, B, D)
+        cand = self.domain_items(domain)  # (M, N, D)
+        w = view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
+        terms = [self.logits(h[v:v + 1], cand)[0].log_softmax(-1) + math.log(w[v]) + self.log_alpha[:, None, None]
+                 for v in range(self.n_views) if w[v] > 0]  # each (M, B, N), eqs. (12)-(13)
         sl = self.ctx.domain_slice(domain)
-        return self.modality_probs(history, domain).sum(0) * self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
+        jitter = self.tie_break[sl.start - 1:sl.stop - 1].log()  # (N,) breaks exact ties among empty items
+        return torch.cat(terms).logsumexp(0) + jitter  # (B, N)
 
     @torch.no_grad()
     def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[int],
