@@ -93,9 +93,9 @@ def test_scores_are_probability_mixtures_of_the_right_shape(views, domain, n):
         scores = model.score_domain(HISTORY, domain)
     assert scores.shape == (len(HISTORY), n) and torch.isfinite(scores).all()
     total = sum(view_weights(views, "target", (0.3, 0.1), domain))  # each view's mixture sums to 1
-    torch.testing.assert_close(scores.exp().sum(1), torch.full((len(HISTORY),), total), rtol=1e-4, atol=1e-4)
-    with torch.no_grad():  # the log of eq. (16)'s sum of probabilities (up to the 1e-5 tie-break jitter)
-        torch.testing.assert_close(scores.exp(), model.modality_probs(HISTORY, domain).sum(0), rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(scores.exp().sum(1), torch.full((len(HISTORY),), total), rtol=1.1e-3, atol=0)
+    with torch.no_grad():  # the log of eq. (16)'s sum of probabilities (up to the 0.1% tie-break jitter)
+        torch.testing.assert_close(scores.exp(), model.modality_probs(HISTORY, domain).sum(0), rtol=1.1e-3, atol=1e-7)
 
 
 def test_batched_encoders_equal_a_loop_over_each_encoder():
@@ -335,7 +335,7 @@ def test_items_without_any_information_do_not_tie_with_each_other():
     with torch.no_grad():
         scores = model.score_domain(torch.tensor([[0, 0, 1, N0 + 1]]), 1)[0]  # (N1,)
     assert len(set(scores.tolist())) == N1  # distinct, so ">" ranks are not optimistic
-    assert float(scores.max() - scores.min()) < 2e-5  # and the jitter is far below any learned difference
+    assert float(scores.max() - scores.min()) <= 1e-3  # and the jitter changes a probability by at most 0.1%
 
 
 def test_scores_do_not_underflow_to_ties_with_sharp_heads(monkeypatch):

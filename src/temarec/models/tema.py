@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MODALITIES = ("id", "img", "txt", "tag")  # the order of alpha1 (id), alpha2 (img), alpha3 (txt); tag gets the rest
 CONTENT = ("img", "txt")  # frozen feature matrices, eqs. (5)-(6)
 MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
-TIE_BREAK_SEED, TIE_BREAK_SCALE = 2022, 1e-5  # relative jitter ordering otherwise exactly tied scores
+TIE_BREAK_SEED, TIE_BREAK_SCALE = 2022, 1e-3  # log-score jitter ordering otherwise exactly tied items
 GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
 
 
@@ -231,11 +231,11 @@ class TEMA(SequentialModel):
         self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len)
         self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
         # Items that carry no information (never trained, no text, no tags) get identical scores; a fixed random
-        # relative jitter far below any learned difference orders them at random instead, so that the sampled
+        # jitter (<= 0.1% of the probability) orders them at random instead, so that the sampled
         # protocol's ">" rank is not optimistic for them (as pop does; see docs/DESIGN.md, "Data and evaluation").
         g = torch.Generator().manual_seed(TIE_BREAK_SEED)
-        self.register_buffer("tie_break", 1.0 + TIE_BREAK_SCALE * torch.rand(ctx.n_items, generator=g),
-                             persistent=False)  # (n,)
+        self.register_buffer("tie_break", TIE_BREAK_SCALE * torch.rand(ctx.n_items, generator=g),
+                             persistent=False)  # (n,) added to log-scores: a factor of at most 1.001
         log_tau = torch.full((V, M), math.log(cfg.temperature))  # one temperature per (view, modality)
         if cfg.learn_temperature:
             self.log_tau = nn.Parameter(log_tau)
@@ -402,8 +402,8 @@ class TEMA(SequentialModel):
         terms = [self.logits(h[v:v + 1], cand)[0].log_softmax(-1) + math.log(w[v]) + self.log_alpha[:, None, None]
                  for v in range(self.n_views) if w[v] > 0]  # each (M, B, N), eqs. (12)-(13)
         sl = self.ctx.domain_slice(domain)
-        jitter = self.tie_break[sl.start - 1:sl.stop - 1].log()  # (N,) breaks exact ties among empty items
-        return torch.cat(terms).logsumexp(0) + jitter  # (B, N)
+        # (N,) breaks exact ties among information-free items; float32 log-scores of size ~10-100 resolve ~1e-5
+        return torch.cat(terms).logsumexp(0) + self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
 
     @torch.no_grad()
     def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[int],
