@@ -14,6 +14,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on a shared machine: one intra-op thread is fastest (two can be 10x slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def generated_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated two-domain world (300 users, 240 items), written once per test session."""

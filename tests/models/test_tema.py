@@ -22,13 +22,7 @@ HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
                         [0, 0, 0, 0, 0, 0]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and far faster on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixture in tests/conftest.py
 
 
 def make_ctx(counts: np.ndarray | None = None, **extras) -> ModelContext:

@@ -22,12 +22,8 @@ COLD = {"KCOLD-tea": ("Cast iron teapot with tea tin", "Part of the tea kitchen 
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared machine: one intra-op thread is fastest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _serve_tests_use_one_thread(one_thread):
+    """Every serving test runs with tests/conftest.py's one_thread."""
 
 
 def _write_genre_tags(root: Path) -> None:
