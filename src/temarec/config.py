@@ -126,6 +126,9 @@ class ModelConfig:
     # validation MRR for TEMA, see docs/BENCHMARKS.md, so it is opt-in)
     loss: str = "full"
     num_sampled: int = 1024
+    # what eq. (14) trains: mixture = log of the alpha-fused probability (paper); separate = alpha-weighted sum of
+    # each modality head's own log-likelihood (every head fully trained; docs/DESIGN.md, "Training loss")
+    head_loss: str = "mixture"
 
     def __post_init__(self) -> None:
         _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema"},
@@ -145,6 +148,8 @@ class ModelConfig:
                f"model.view_reading must be target or fixed, got {self.view_reading!r}")
         _check(self.loss in {"full", "sampled"}, f"model.loss must be full or sampled, got {self.loss!r}")
         _check(self.num_sampled >= 1, "model.num_sampled must be >= 1")
+        _check(self.head_loss in {"mixture", "separate"},
+               f"model.head_loss must be mixture or separate, got {self.head_loss!r}")
 
 
 @dataclass(frozen=True)

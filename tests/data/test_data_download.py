@@ -70,7 +70,16 @@ def test_digest_mismatch_keeps_nothing(tmp_path: Path) -> None:
     (mirror / "food_kitchen_titles.tsv").write_text("asin\tdomain\ttitle\nX\tFood\ttampered\n")
     with pytest.raises(DataError, match="sha256 mismatch"):
         download("amazon-titles", out=tmp_path / "out", mirror=tmp_path / "mirror")
-    assert list((tmp_path / "out" / "amazon-titles").iterdir()) == []
+    assert not (tmp_path / "out" / "amazon-titles").exists()  # no partial file, no empty folder
+
+
+def test_failure_keeps_a_folder_that_already_held_files(tmp_path: Path) -> None:
+    kept = tmp_path / "out" / "c2dsr-food-kitchen" / "notes.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("mine")
+    with pytest.raises(DataError, match="not found in the mirror"):
+        download("c2dsr-food-kitchen", out=tmp_path / "out", mirror=tmp_path / "empty-mirror")
+    assert kept.read_text() == "mine"
 
 
 def test_missing_mirror_file_and_unknown_name(tmp_path: Path) -> None:

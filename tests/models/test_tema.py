@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from temarec.config import Config, ModelConfig
 from temarec.models.base import ModelContext
-from temarec.models.tema import TEMA, modality_weights, view_gather, view_weights
+from temarec.models.tema import TEMA, TargetLogSoftmax, modality_weights, view_gather, view_weights
 
 N0, N1 = 7, 5  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
 HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
@@ -183,8 +183,9 @@ def test_loss_decreases_when_overfitting(loss):
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
 
 
-def test_full_loss_is_the_weighted_mixture_nll_of_the_views():
-    model = make_model(dropout=0.0)
+@pytest.mark.parametrize("head_loss", ["mixture", "separate"])
+def test_full_loss_is_the_weighted_nll_of_the_views(head_loss):
+    model = make_model(dropout=0.0, head_loss=head_loss)
     seqs = torch.tensor([[1, 8, 2]])  # targets 8 (Kitchen, after [1]) and 2 (Food, after [1, 8])
     alpha = model.log_alpha.exp()[None, :]  # (1, M)
     with torch.no_grad():
@@ -193,10 +194,32 @@ def test_full_loss_is_the_weighted_mixture_nll_of_the_views():
         for t, target in ((1, 8), (2, 2)):
             d = int(target > N0)
             p = model.logits(model.final_states(seqs[:, :t]), model.domain_items(d)).softmax(-1)  # (V, M, 1, N)
-            per_view = (alpha * p[:, :, 0, target - 1 - d * N0]).sum(1)  # (V,) eq. (13): P^V(target)
+            p_target = p[:, :, 0, target - 1 - d * N0]  # (V, M) P_m^V(target)
+            if head_loss == "mixture":
+                log_p = (alpha * p_target).sum(1).log()  # (V,) eq. (13): log P^V(target)
+            else:
+                log_p = (alpha * p_target.log()).sum(1)  # (V,) sum_m alpha_m log P_m^V(target)
             w = torch.tensor(view_weights("multi", "target", (0.3, 0.1), d))
-            expected -= float((w * per_view.log()).sum())  # eq. (15)
+            expected -= float((w * log_p).sum())  # eq. (15)
     assert float(loss) == pytest.approx(expected / 2, rel=1e-5)
+    if head_loss == "separate":  # Jensen: the separate loss bounds the mixture's from above
+        with torch.no_grad():
+            assert float(loss) > float(make_model(dropout=0.0).training_loss(seqs))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 100])  # one row per chunk, uneven chunks, one chunk
+def test_chunked_target_log_softmax_matches_autograd_and_passes_gradcheck(rows):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (M, R, D)
+    w = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (M, N, D)
+    target = torch.tensor([0, 4, 2, 2, 1, 3, 0])
+    got = TargetLogSoftmax.apply(x, w, target, rows)
+    want = torch.bmm(x, w.transpose(1, 2)).log_softmax(-1).gather(2, target.expand(2, -1)[..., None])[..., 0]
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((got * weights).sum(), (x, w))
+    torch.testing.assert_close(grads, torch.autograd.grad((want * weights).sum(), (x, w)))
+    assert torch.autograd.gradcheck(lambda a, b: TargetLogSoftmax.apply(a, b, target, rows), (x, w))
 
 
 def test_cold_item_with_an_informative_title_ranks_high():

@@ -68,7 +68,18 @@ def download(name: str, out: str | Path = "data/raw", mirror: str | Path | None 
         raise DataError(f"{name} has no upstream URL (it is a converted file); pass --mirror DIR_OR_URL "
                         "holding NAME/FILE")
     dest = Path(out) / name
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_all(spec, name, dest, mirror, timeout_s)
+    except BaseException:
+        if created and not any(dest.iterdir()):  # nothing verified landed: leave no empty folder behind
+            dest.rmdir()
+        raise
+    return dest
+
+
+def _fetch_all(spec: PublicSet, name: str, dest: Path, mirror: str | None, timeout_s: float) -> None:
     for file, digest in spec.files.items():
         target = dest / file
         if target.is_file() and sha256_file(target) == digest:
@@ -83,7 +94,6 @@ def download(name: str, out: str | Path = "data/raw", mirror: str | Path | None 
         logger.info("fetching %s", source)
         with _open_source(source, timeout_s) as stream:
             _save_verified(stream, target, digest, source)
-    return dest
 
 
 def _is_url(value: str) -> bool:

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel
@@ -30,6 +29,7 @@ CONTENT = ("img", "txt")  # frozen feature matrices, eqs. (5)-(6)
 MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
 TIE_BREAK_SEED, TIE_BREAK_SCALE = 2022, 1e-3  # log-score jitter ordering otherwise exactly tied items
 GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
+LOGIT_CHUNK = 1 << 25  # logits held at once by the full softmax (128 MB in float32)
 
 
 def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, ...]) -> dict[str, float]:
@@ -276,8 +276,16 @@ class TEMA(SequentialModel):
         sl = self.ctx.domain_slice(domain)
         return self.items(torch.arange(sl.start, sl.stop, device=self.log_alpha.device))[0]
 
-    def mixture_log_prob(self, log_p: torch.Tensor) -> torch.Tensor:
-        """eq. (13) fusion in log space: log sum_m alpha_m P_m. log_p (V, M, P) -> (V, P)."""
+    def head_log_prob(self, log_p: torch.Tensor) -> torch.Tensor:
+        """What eq. (14) maximises per view: log_p (V, M, P) log P_m^V(target) -> (V, P).
+
+        ``mixture`` (the paper's eqs. 13-14): log sum_m alpha_m P_m, the log of the fused probability.
+        ``separate``: sum_m alpha_m log P_m, each head's own log-likelihood weighted by alpha_m; a lower bound
+        of the mixture's (Jensen), whose gradient reaches every head in full instead of in proportion to how
+        well it already predicts the target (see docs/DESIGN.md, "Training loss"). Scores are eq. (16) either way.
+        """
+        if self.cfg.head_loss == "separate":
+            return (self.log_alpha.exp()[None, :, None] * log_p).sum(1)
         return torch.logsumexp(self.log_alpha[None, :, None] + log_p, dim=1)
 
     @staticmethod
@@ -286,12 +294,13 @@ class TEMA(SequentialModel):
         V, M, P, D = hs.shape
         return torch.bmm(hs.transpose(0, 1).reshape(M, V * P, D), cand.transpose(1, 2)).view(M, V, P, -1)
 
-    def _full_log_prob(self, hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) unit rows, target (P,) -> log P^V(target) (V, P)."""
-        z = self._scores(hs, cand)  # (M, V, P, N)
-        M, V, P, N = z.shape
-        log_p = -F.cross_entropy(z.view(-1, N), target.repeat(M * V), reduction="none").view(M, V, P)
-        return self.mixture_log_prob(log_p.transpose(0, 1))  # log_p: log P_m^V(target)
+    @staticmethod
+    def _full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) unit rows, target (P,) -> log P_m^V (V, M, P)."""
+        V, M, P, D = hs.shape
+        rows = max(1, LOGIT_CHUNK // (M * cand.shape[1]))  # bounds each chunk's (M, rows, N) logits
+        log_p = TargetLogSoftmax.apply(hs.transpose(0, 1).reshape(M, V * P, D), cand, target.repeat(V), rows)
+        return log_p.view(M, V, P).transpose(0, 1)  # (V, M, P) log P_m^V(target)
 
     def _sampled_log_prob(self, h: torch.Tensor, target: torch.Tensor, domain: int) -> torch.Tensor:
         """Softmax over the target and S shared negatives drawn uniformly from its domain (see docs/DESIGN.md)."""
@@ -310,7 +319,7 @@ class TEMA(SequentialModel):
         # each negative stands for (N - 1) / S items, so the sum estimates the full softmax's normaliser and
         # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities)
         log_z = torch.logaddexp(pos, lse.transpose(0, 1) + math.log((n - 1) / len(neg)))  # (V, M, P)
-        return self.mixture_log_prob(pos - log_z)  # (V, P)
+        return pos - log_z  # (V, M, P)
 
     # ---- eqs. (14)-(17) ------------------------------------------------------------------------------------
     def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -331,24 +340,17 @@ class TEMA(SequentialModel):
             if len(rows) == 0:
                 continue
             local = targets[rows] - self.ctx.domain_slice(d).start  # (P_d,)
-            log_p = self._domain_log_prob(h[:, :, rows], local, d)  # (V, P_d) log P^V
+            log_p = self.head_log_prob(self._domain_log_prob(h[:, :, rows], local, d))  # (V, P_d)
             w = torch.tensor(view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, d),
                              device=h.device)  # (V,) eq. (15): 1, lambda1, lambda2
             total = total - (w[:, None] * log_p).sum()  # eq. (14) per view
         return total / max(1, len(targets))
 
     def _domain_log_prob(self, h: torch.Tensor, local: torch.Tensor, domain: int) -> torch.Tensor:
+        """h (V, M, P, D), local (P,) targets of ``domain`` -> log P_m^V(target) (V, M, P), full or sampled."""
         if self.cfg.loss == "sampled" and self.cfg.num_sampled < self.ctx.domain_sizes[domain]:
             return self._sampled_log_prob(h, local, domain)
-        cand = F.normalize(self.domain_items(domain), dim=-1)  # (M, N, D)
-        hs = self.scaled(h)  # (V, M, P, D)
-        V, M, P, _ = h.shape
-        chunk = max(1, (1 << 25) // (V * M * cand.shape[1]))  # bound the (V, M, P, N) logits at 128 MB a chunk
-        if P <= chunk:
-            return self._full_log_prob(hs, cand, local)
-        # several chunks: recompute each chunk's logits in backward instead of keeping them all
-        return torch.cat([checkpoint(self._full_log_prob, hs[:, :, s:s + chunk], cand, local[s:s + chunk],
-                                     use_reentrant=False) for s in range(0, P, chunk)], -1)  # (V, P)
+        return self._full_log_prob(self.scaled(h), F.normalize(self.domain_items(domain), dim=-1), local)
 
     def position_states(self, seqs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """seqs (B, L), at (B, L) bool -> h (V, M, P, D): each view's state after the items up to each of the P
@@ -487,9 +489,47 @@ class TEMA(SequentialModel):
                                                                             f"{m.num_sampled} covers every domain)"))
         else:
             notes.append(f"loss sampled softmax ({m.num_sampled} shared uniform negatives of the target's domain)")
+        if m.head_loss == "separate" and len(mods) > 1:
+            notes.append("head loss separate (alpha-weighted sum of each modality's NLL, not the paper's mixture)")
         temp = "learned" if m.learn_temperature else "fixed"
         notes.append(f"temperature {m.temperature} ({temp}, per view and modality)")
         return {"encoders": encoders, "tags": tags, "notes": "; ".join(notes)}
+
+
+class TargetLogSoftmax(torch.autograd.Function):
+    """log softmax(x @ w^T)[target] for M heads at once, chunk by chunk, never holding all the logits.
+
+    x (M, R, D) rows, w (M, N, D) candidates, target (R,) in [0, N), rows per chunk -> (M, R). Forward keeps only
+    the log-normalisers; backward recomputes each chunk's logits once and forms softmax - one-hot in place. The
+    same arithmetic as ``F.cross_entropy`` under activation checkpointing, with two fewer passes over the
+    (M, rows, N) logits and no stored log-probabilities: on one CPU thread the exact full softmax over ABXI's
+    12-16k items per head is most of TEMA's training step (docs/BENCHMARKS.md, "Epoch time").
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, target: torch.Tensor, rows: int) -> torch.Tensor:
+        M, R, _ = x.shape
+        picked, lse = x.new_empty(M, R), x.new_empty(M, R)
+        for s in range(0, R, rows):
+            z = torch.bmm(x[:, s:s + rows], w.transpose(1, 2))  # (M, r, N) logits of this chunk
+            lse[:, s:s + rows] = z.logsumexp(-1)
+            picked[:, s:s + rows] = z.gather(2, target[s:s + rows].expand(M, -1)[..., None])[..., 0]
+        ctx.save_for_backward(x, w, target, lse)
+        ctx.rows = rows
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        x, w, target, lse = ctx.saved_tensors
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+        for s in range(0, x.shape[1], ctx.rows):
+            g = grad[:, s:s + ctx.rows, None]  # (M, r, 1)
+            # d(z_t - lse)/dz = one-hot(t) - softmax(z), times the incoming gradient
+            dz = torch.bmm(x[:, s:s + ctx.rows], w.transpose(1, 2)).sub_(lse[:, s:s + ctx.rows, None]).exp_()
+            dz.mul_(-g).scatter_add_(2, target[s:s + ctx.rows].expand(len(g), -1)[..., None], g)  # (M, r, N)
+            grad_x[:, s:s + ctx.rows] = torch.bmm(dz, w)
+            grad_w.baddbmm_(dz.transpose(1, 2), x[:, s:s + ctx.rows])
+        return grad_x, grad_w, None, None
 
 
 def _length_groups(seqs: torch.Tensor) -> list[torch.Tensor]:
