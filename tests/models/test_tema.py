@@ -279,6 +279,24 @@ def test_feature_and_tag_buffers_stay_out_of_the_checkpoint_and_reload_gives_the
         torch.testing.assert_close(fresh.score_domain(HISTORY, 1), model.score_domain(HISTORY, 1))
 
 
+def test_item_matrices_are_cached_only_while_frozen_and_never_stale():
+    model = make_model()  # eval mode
+    with torch.no_grad():
+        first = model.score_domain(HISTORY, 0)
+        assert model.domain_items(0) is model.domain_items(0)  # cached
+        other = make_model()
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        model.load_state_dict(other.state_dict())
+        torch.testing.assert_close(model.score_domain(HISTORY, 0), other.score_domain(HISTORY, 0))
+        assert not torch.allclose(model.score_domain(HISTORY, 0), first)
+    assert model.domain_items(0) is not model.domain_items(0)  # gradients on: no cache
+    model.train()
+    with torch.no_grad():
+        assert model.domain_items(1) is not model.domain_items(1)  # training mode: no cache
+
+
 def test_missing_modality_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="ctx.extras"):
         make_model(make_ctx(features={}))

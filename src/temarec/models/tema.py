@@ -108,8 +108,8 @@ class ItemEmbeddings(nn.Module):
         # eq. (9): two-layer GELU MLP over [e_id ⊕ e_img ⊕ e_tex ⊕ e_tag] (raw sizes) to the model's size q = D
         self.fuse = nn.Sequential(nn.Linear(sum(raw_dims), dim), nn.GELU(), nn.Linear(dim, dim))
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids (*) -> (modality vectors (M, *, D), fused embedding (*, D)); both zero at padding."""
+    def forward(self, ids: torch.Tensor, fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids (*) -> (modality vectors (M, *, D), fused embedding (*, D) or None without ``fuse``); zero at padding."""
         vecs, raws = [], []
         for m in self.modalities:
             if m == "id":
@@ -122,6 +122,8 @@ class ItemEmbeddings(nn.Module):
                 v = self.proj[m](raw)
             vecs.append(v)
             raws.append(raw)
+        if not fuse:  # scoring needs the per-modality matrices E_m only (eqs. 12-13)
+            return torch.stack(vecs), None
         fused = self.fuse(torch.cat(raws, -1)) * (ids > 0)[..., None]  # eq. (9)
         return torch.stack(vecs), fused
 
@@ -228,6 +230,7 @@ class TEMA(SequentialModel):
         self.register_buffer("log_alpha", torch.log(torch.tensor([self.alpha[m] for m in self.modalities])),
                              persistent=False)  # (M,)
         self.items = ItemEmbeddings(D, ctx, self.modalities)
+        self._item_cache: dict[int, torch.Tensor] = {}  # domain -> (M, N, D) while frozen, see domain_items
         self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len)
         self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
         # Items that carry no information (never trained, no text, no tags) get identical scores; a fixed random
@@ -272,9 +275,31 @@ class TEMA(SequentialModel):
         return torch.einsum("vmpd,mcd->vmpc", self.scaled(h), F.normalize(cand, dim=-1))
 
     def domain_items(self, domain: int) -> torch.Tensor:
-        """(M, N, D) per-modality item matrices E_m^{domain} of eqs. (12)-(13)."""
+        """(M, N, D) per-modality item matrices E_m^{domain} of eqs. (12)-(13).
+
+        Cached while the model is frozen (eval mode, no gradient): evaluation and serving score many histories
+        against the same matrices. ``train()`` and loading weights clear the cache.
+        """
+        frozen = not self.training and not torch.is_grad_enabled()  # eval(), under no_grad or inference_mode
+        if frozen and domain in self._item_cache:
+            return self._item_cache[domain]
         sl = self.ctx.domain_slice(domain)
-        return self.items(torch.arange(sl.start, sl.stop, device=self.log_alpha.device))[0]
+        matrix = self.items(torch.arange(sl.start, sl.stop, device=self.log_alpha.device), fuse=False)[0]
+        if frozen:
+            self._item_cache[domain] = matrix
+        return matrix
+
+    def train(self, mode: bool = True) -> "TEMA":
+        self._item_cache.clear()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._item_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "TEMA":  # .to(device), .double(), ...
+        self._item_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def head_log_prob(self, log_p: torch.Tensor) -> torch.Tensor:
         """What eq. (14) maximises per view: log_p (V, M, P) log P_m^V(target) -> (V, P).
@@ -307,7 +332,7 @@ class TEMA(SequentialModel):
         n, start, P = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start, len(target)
         neg = torch.randint(0, n, (self.cfg.num_sampled,), device=h.device)  # (S,)
         uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
-        cand = F.normalize(self.items(uniq)[0], dim=-1)[:, inv]  # (M, P + S, D), only the items this batch needs
+        cand = F.normalize(self.items(uniq, fuse=False)[0], dim=-1)[:, inv]  # (M, P + S, D), only the items this batch needs
         hs = self.scaled(h)  # (V, M, P, D)
         pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
         negz = self._scores(hs, cand[:, P:])  # (M, V, P, S)
