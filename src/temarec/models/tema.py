@@ -423,14 +423,21 @@ class TEMA(SequentialModel):
         not underflow: sharp heads (learned temperatures) give many items a probability of exactly 0 in float32,
         which would tie them with the target and make the sampled protocol's ">" rank optimistic.
         """
-        h = self.final_states(history)  # (V, M, B, D)
-        cand = self.domain_items(domain)  # (M, N, D)
         w = view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
-        terms = [self.logits(h[v:v + 1], cand)[0].log_softmax(-1) + math.log(w[v]) + self.log_alpha[:, None, None]
-                 for v in range(self.n_views) if w[v] > 0]  # each (M, B, N), eqs. (12)-(13)
+        log_w = torch.tensor([math.log(x) if x > 0 else -math.inf for x in w], device=history.device)  # (V,)
+        terms = self.head_log_probs(history, domain) + log_w[:, None, None, None] + self.log_alpha[:, None, None]
         sl = self.ctx.domain_slice(domain)
         # (N,) breaks exact ties among information-free items; float32 log-scores of size ~10-100 resolve ~1e-5
-        return torch.cat(terms).logsumexp(0) + self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
+        return terms.flatten(0, 1).logsumexp(0) + self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
+
+    def head_log_probs(self, history: torch.Tensor, domain: int) -> torch.Tensor:
+        """log P_m^V over the target domain's items for every (view, modality) head, (V, M, B, N) (eqs. 12-13).
+
+        What each of the V*M heads predicts on its own; ``benchmarks/tema_heads.py`` ranks with each of them.
+        """
+        h = self.final_states(history)  # (V, M, B, D)
+        cand = self.domain_items(domain)  # (M, N, D)
+        return torch.stack([self.logits(h[v:v + 1], cand)[0].log_softmax(-1) for v in range(self.n_views)])
 
     @torch.no_grad()
     def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[int],

@@ -1,0 +1,87 @@
+"""Which of TEMA's heads predict: validation MRR of the fused score, of each view, of each modality, of each head.
+
+    python benchmarks/tema_heads.py --run RUN_DIR [--split valid] [--out heads.json]
+
+RUN_DIR is a finished ``temarec train --model tema`` run. Each row ranks the split's instances (the stored
+negatives, the sampled protocol; and the full ranking) with one part of eq. (16):
+
+- ``fused``: the model's own score, sum_V w_V sum_m alpha_m P_m^V;
+- ``view V``: sum_m alpha_m P_m^V, one view's mixture over modalities;
+- ``modality m``: sum_V w_V P_m^V, one modality's heads over the views;
+- ``head V/m``: P_m^V alone.
+
+A diagnostic for researchers (is the ID head as good as SASRec? does the merged view carry the signal?), not a
+benchmark of speed. Use the validation split for decisions; the test split is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from temarec.evaluation import evaluate
+from temarec.models.tema import TEMA, view_weights
+from temarec.train import load_run
+
+
+class HeadMix(torch.nn.Module):
+    """Scores with sum over the kept (view, modality) heads of weight * P_m^V; the weights of the rest are 0."""
+
+    name = "tema-heads"
+
+    def __init__(self, model: TEMA, keep_views: list[int], keep_modalities: list[int]):
+        super().__init__()
+        self.model, self.keep_views, self.keep_modalities = model, keep_views, keep_modalities
+
+    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
+        m = self.model
+        w = view_weights(m.cfg.views, m.cfg.view_reading, m.cfg.lambdas, domain)
+        log_w = torch.tensor([math.log(w[v]) if v in self.keep_views and w[v] > 0 else -math.inf
+                              for v in range(m.n_views)])
+        log_a = torch.tensor([float(m.log_alpha[i]) if i in self.keep_modalities else -math.inf
+                              for i in range(len(m.modalities))])
+        terms = m.head_log_probs(history, domain) + log_w[:, None, None, None] + log_a[:, None, None]
+        sl = m.ctx.domain_slice(domain)
+        return terms.flatten(0, 1).logsumexp(0) + m.tie_break[sl.start - 1:sl.stop - 1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="finished `temarec train --model tema` run folder")
+    p.add_argument("--split", default="valid", choices=["valid", "test"])
+    p.add_argument("--out", help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model, dataset, cfg = load_run(args.run)
+    if not isinstance(model, TEMA):
+        raise SystemExit(f"{args.run} is a {model.name} run; this diagnostic needs a tema run")
+    views = ["X (own domain)", "Y (other domain)", "X+Y (merged)"] if model.n_views == 3 else ["X+Y (merged)"]
+    all_v, all_m = list(range(model.n_views)), list(range(len(model.modalities)))
+    parts: list[tuple[str, list[int], list[int]]] = [("fused", all_v, all_m)]
+    parts += [(f"view {views[v]}", [v], all_m) for v in all_v]
+    parts += [(f"modality {name}", all_v, [i]) for i, name in enumerate(model.modalities)]
+    parts += [(f"head {views[v]} / {name}", [v], [i]) for v in all_v for i, name in enumerate(model.modalities)]
+    rows: list[dict[str, Any]] = []
+    print(f"# {args.run}: {args.split} MRR (%), sampled protocol / full ranking; {cfg.model.view_reading} reading")
+    print("| part | " + " | ".join(f"{d} sampled | {d} full" for d in dataset.domains) + " |")
+    print("|---|" + "---:|" * (2 * len(dataset.domains)))
+    for label, keep_v, keep_m in parts:
+        metrics = evaluate(HeadMix(model, keep_v, keep_m), dataset, args.split, cfg.eval, cfg.data.max_len)
+        row = {"part": label, **{f"{d} {proto}": 100 * metrics[proto][d]["mrr"]
+                                 for d in dataset.domains for proto in ("sampled", "full")}}
+        rows.append(row)
+        print(f"| {label} | " + " | ".join(f"{row[f'{d} sampled']:.2f} | {row[f'{d} full']:.2f}"
+                                         for d in dataset.domains) + " |", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"run": str(args.run), "split": args.split, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
