@@ -119,6 +119,7 @@ class ModelConfig:
     lambdas: tuple[float, float] = (0.3, 0.1)  # lambda1 (other view), lambda2 (merged view), eqs. (15)-(16)
     temperature: float = 0.1  # softmax temperature over cosines, eqs. (12)-(13)
     learn_temperature: bool = True
+    similarity: str = "cosine"  # Sim of eqs. (12)-(13): cosine (paper) | dot (h . e / tau, norms kept; opt-in)
     modalities: tuple[str, ...] = ("id", "img", "txt", "tag")
     views: str = "multi"  # multi = S^X, S^Y, S^{X+Y}; merged = one S^{X+Y} encoder (Table IV ablation)
     view_reading: str = "target"  # target: X = the target's domain (symmetric); fixed: X = first domain
@@ -126,6 +127,7 @@ class ModelConfig:
     # validation MRR for TEMA, see docs/BENCHMARKS.md, so it is opt-in)
     loss: str = "full"
     num_sampled: int = 1024
+    sampled_correction: bool = True  # TEMA sampled loss: + log((N - 1) / S) on negatives (calibrated P_m)
     # what eq. (14) trains: mixture = log of the alpha-fused probability (paper); separate = alpha-weighted sum of
     # each modality head's own log-likelihood (every head fully trained; docs/DESIGN.md, "Training loss")
     head_loss: str = "mixture"
@@ -146,6 +148,7 @@ class ModelConfig:
         _check(self.views in {"multi", "merged"}, f"model.views must be multi or merged, got {self.views!r}")
         _check(self.view_reading in {"target", "fixed"},
                f"model.view_reading must be target or fixed, got {self.view_reading!r}")
+        _check(self.similarity in {"cosine", "dot"}, f"model.similarity must be cosine or dot, got {self.similarity!r}")
         _check(self.loss in {"full", "sampled"}, f"model.loss must be full or sampled, got {self.loss!r}")
         _check(self.num_sampled >= 1, "model.num_sampled must be >= 1")
         _check(self.head_loss in {"mixture", "separate"},

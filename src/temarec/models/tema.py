@@ -29,6 +29,10 @@ CONTENT = ("img", "txt")  # frozen feature matrices, eqs. (5)-(6)
 MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
 TIE_BREAK_SEED, TIE_BREAK_SCALE = 2022, 1e-3  # log-score jitter ordering otherwise exactly tied items
 GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
+# Initial std of the ID table E_id, as SASRec's. Adam moves every entry by about lr per step whatever the
+# gradient's scale, so a row's direction (all that a cosine sees) turns at a rate ~ lr / ||row||: at std D^-0.5
+# (rows of norm 1) TEMA's ID head learned several times more slowly per epoch on ABXI (docs/BENCHMARKS.md)
+ID_STD = 0.02
 LOGIT_CHUNK = 1 << 25  # logits held at once by the full softmax (128 MB in float32)
 
 
@@ -86,7 +90,7 @@ class ItemEmbeddings(nn.Module):
         raw_dims = []
         if "id" in modalities:
             self.id_emb = nn.Embedding(1 + n, dim, padding_idx=0)  # eq. (4), row 0 = padding
-            nn.init.normal_(self.id_emb.weight, std=dim ** -0.5)
+            nn.init.normal_(self.id_emb.weight, std=ID_STD)
             counts = ctx.item_counts if ctx.item_counts is not None else [1.0] * n
             known = torch.cat([torch.zeros(1), (torch.as_tensor(counts, dtype=torch.float32) > 0).float()])
             self.register_buffer("id_known", known)  # (1 + n,)
@@ -103,7 +107,9 @@ class ItemEmbeddings(nn.Module):
         if "tag" in modalities:
             w = torch.as_tensor(ctx.extras["tag_vectors"], dtype=torch.float32)  # (n, T)
             self.register_buffer("tag_w", torch.cat([torch.zeros(1, w.shape[1]), w]), persistent=False)
-            self.tag_emb = nn.Parameter(torch.randn(w.shape[1], dim) * dim ** -0.5)  # E_tag, eqs. (3)/(7)
+            # E_tag, eqs. (3)/(7): rows of norm ~1, so that at initialisation items sharing tags are already
+            # similar (a random projection of the multi-hot vectors); unlike random ID rows they carry a prior
+            self.tag_emb = nn.Parameter(torch.randn(w.shape[1], dim) * dim ** -0.5)
             raw_dims.append(dim)
         # eq. (9): two-layer GELU MLP over [e_id ⊕ e_img ⊕ e_tex ⊕ e_tag] (raw sizes) to the model's size q = D
         self.fuse = nn.Sequential(nn.Linear(sum(raw_dims), dim), nn.GELU(), nn.Linear(dim, dim))
@@ -266,13 +272,18 @@ class TEMA(SequentialModel):
 
     # ---- eqs. (12)-(13) ------------------------------------------------------------------------------------
     def scaled(self, h: torch.Tensor) -> torch.Tensor:
-        """h (V, M, P, D) -> h / (||h|| tau_{v,m}): a dot product with a unit item vector is cos / tau."""
+        """h (V, M, P, D) -> the query side of eqs. (12)-(13): h / (||h|| tau_{v,m}) for ``cosine`` (a dot product
+        with a unit item vector is then cos / tau); h / tau_{v,m} for ``dot``."""
         tau = self.log_tau.exp().clamp(min=MIN_TEMPERATURE)[:, :, None, None]
-        return F.normalize(h, dim=-1) / tau
+        return (F.normalize(h, dim=-1) if self.cfg.similarity == "cosine" else h) / tau
+
+    def candidates(self, items: torch.Tensor) -> torch.Tensor:
+        """The item side of eqs. (12)-(13): unit rows for ``cosine``, the vectors themselves for ``dot``."""
+        return F.normalize(items, dim=-1) if self.cfg.similarity == "cosine" else items
 
     def logits(self, h: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity over the temperature: h (V, M, P, D), cand (M, C, D) -> (V, M, P, C)."""
-        return torch.einsum("vmpd,mcd->vmpc", self.scaled(h), F.normalize(cand, dim=-1))
+        """Sim(h, E_m) over the temperature: h (V, M, P, D), cand (M, C, D) -> (V, M, P, C)."""
+        return torch.einsum("vmpd,mcd->vmpc", self.scaled(h), self.candidates(cand))
 
     def domain_items(self, domain: int) -> torch.Tensor:
         """(M, N, D) per-modality item matrices E_m^{domain} of eqs. (12)-(13).
@@ -332,7 +343,7 @@ class TEMA(SequentialModel):
         n, start, P = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start, len(target)
         neg = torch.randint(0, n, (self.cfg.num_sampled,), device=h.device)  # (S,)
         uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
-        cand = F.normalize(self.items(uniq, fuse=False)[0], dim=-1)[:, inv]  # (M, P + S, D), only the items this batch needs
+        cand = self.candidates(self.items(uniq, fuse=False)[0])[:, inv]  # (M, P + S, D): the items this batch needs
         hs = self.scaled(h)  # (V, M, P, D)
         pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
         negz = self._scores(hs, cand[:, P:])  # (M, V, P, S)
@@ -342,8 +353,10 @@ class TEMA(SequentialModel):
         if len(rows):
             lse = lse.index_copy(2, rows, negz[:, :, rows].masked_fill(hit[rows], float("-inf")).logsumexp(-1))
         # each negative stands for (N - 1) / S items, so the sum estimates the full softmax's normaliser and
-        # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities)
-        log_z = torch.logaddexp(pos, lse.transpose(0, 1) + math.log((n - 1) / len(neg)))  # (V, M, P)
+        # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities); model.sampled_correction off
+        # gives the plain softmax over target + negatives, as SASRec's sampled loss (docs/DESIGN.md)
+        shift = math.log((n - 1) / len(neg)) if self.cfg.sampled_correction else 0.0
+        log_z = torch.logaddexp(pos, lse.transpose(0, 1) + shift)  # (V, M, P)
         return pos - log_z  # (V, M, P)
 
     # ---- eqs. (14)-(17) ------------------------------------------------------------------------------------
@@ -375,7 +388,7 @@ class TEMA(SequentialModel):
         """h (V, M, P, D), local (P,) targets of ``domain`` -> log P_m^V(target) (V, M, P), full or sampled."""
         if self.cfg.loss == "sampled" and self.cfg.num_sampled < self.ctx.domain_sizes[domain]:
             return self._sampled_log_prob(h, local, domain)
-        return self._full_log_prob(self.scaled(h), F.normalize(self.domain_items(domain), dim=-1), local)
+        return self._full_log_prob(self.scaled(h), self.candidates(self.domain_items(domain)), local)
 
     def position_states(self, seqs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """seqs (B, L), at (B, L) bool -> h (V, M, P, D): each view's state after the items up to each of the P
