@@ -279,6 +279,20 @@ def test_feature_and_tag_buffers_stay_out_of_the_checkpoint_and_reload_gives_the
         torch.testing.assert_close(fresh.score_domain(HISTORY, 1), model.score_domain(HISTORY, 1))
 
 
+def test_similarity_is_cosine_or_dot_over_the_temperature():
+    for similarity in ("cosine", "dot"):
+        model = make_model(similarity=similarity)
+        M = len(model.modalities)
+        h, cand = torch.randn(3, M, 2, 16), torch.randn(M, 4, 16)  # (V, M, P, D), (M, C, D)
+        tau = model.log_tau.exp()[:, :, None, None]  # (V, M, 1, 1)
+        got = model.logits(h, cand)  # (V, M, P, C)
+        if similarity == "cosine":
+            want = F.cosine_similarity(h[:, :, :, None], cand[None, :, None], dim=-1) / tau
+        else:
+            want = torch.einsum("vmpd,mcd->vmpc", h, cand) / tau
+        torch.testing.assert_close(got, want)
+
+
 def test_item_matrices_are_cached_only_while_frozen_and_never_stale():
     model = make_model()  # eval mode
     with torch.no_grad():
@@ -341,8 +355,9 @@ def test_describe_sources_names_weights_views_and_loss(tmp_path):
     assert TEMA.context_extras(dataset, cfg) == {"modalities": ("id",)}
 
 
-def test_sampled_loss_is_the_mixture_nll_over_target_and_reweighted_negatives():
-    model = make_model(dropout=0.0, loss="sampled", num_sampled=4)
+@pytest.mark.parametrize("correction", [True, False])
+def test_sampled_loss_is_the_mixture_nll_over_target_and_reweighted_negatives(correction):
+    model = make_model(dropout=0.0, loss="sampled", num_sampled=4, sampled_correction=correction)
     seqs = torch.tensor([[1, 2, 3]])  # two Food targets (2 after [1], 3 after [1, 2]); Food has 7 items
     alpha = model.log_alpha.exp()[None, :, None]  # (1, M, 1)
     w = torch.tensor(view_weights("multi", "target", (0.3, 0.1), 0))
@@ -356,7 +371,8 @@ def test_sampled_loss_is_the_mixture_nll_over_target_and_reweighted_negatives():
         for t, target in ((1, 2), (2, 3)):
             z = model.logits(model.final_states(seqs[:, :t]), model.domain_items(0))[:, :, 0]  # (V, M, 7)
             negz = z[..., neg].masked_fill(neg == target - 1, float("-inf"))  # accidental hits out
-            log_z = torch.logaddexp(z[..., target - 1], negz.logsumexp(-1) + math.log((N0 - 1) / 4))
+            shift = math.log((N0 - 1) / 4) if correction else 0.0
+            log_z = torch.logaddexp(z[..., target - 1], negz.logsumexp(-1) + shift)
             per_view = (alpha * (z[..., target - 1] - log_z).exp()[..., None]).sum((1, 2))  # (V,)
             expected -= float((w * per_view.log()).sum())
     assert float(loss) == pytest.approx(expected / 2, rel=1e-5)

@@ -533,11 +533,13 @@ class TEMA(SequentialModel):
             notes.append("loss full softmax" + ("" if m.loss == "full" else f" (model.loss sampled, but num_sampled "
                                                                             f"{m.num_sampled} covers every domain)"))
         else:
-            notes.append(f"loss sampled softmax ({m.num_sampled} shared uniform negatives of the target's domain)")
+            notes.append(f"loss sampled softmax ({m.num_sampled} shared uniform negatives of the target's domain"
+                         + ("" if m.sampled_correction else ", no log-Q correction") + ")")
         if m.head_loss == "separate" and len(mods) > 1:
             notes.append("head loss separate (alpha-weighted sum of each modality's NLL, not the paper's mixture)")
         temp = "learned" if m.learn_temperature else "fixed"
-        notes.append(f"temperature {m.temperature} ({temp}, per view and modality)")
+        sim = "cosine" if m.similarity == "cosine" else "dot-product (not the paper's cosine)"
+        notes.append(f"{sim} similarity, temperature {m.temperature} ({temp}, per view and modality)")
         return {"encoders": encoders, "tags": tags, "notes": "; ".join(notes)}
 
 
