@@ -161,9 +161,9 @@ class StackedLayerNorm(nn.Module):
 class StackedBlock(nn.Module):
     """One pre-LN self-attention block for E encoders at once: x + Drop(attn(LN x)), x + Drop(FFN(LN x)).
 
-    Dropout sits where the SASRec paper puts it (Sec. III-C: on each sub-layer's output), not also on the
-    attention probabilities and inside the FFN as SASRec.pytorch does: on CPU each dropout mask over
-    (E, B, L, D) costs about as much as a matmul, and there are E = 12 encoders.
+    Dropout as in our SASRec (and SASRec.pytorch): on each sub-layer's output, on the attention probabilities and
+    on the FFN's hidden layer. With the sub-layer outputs only, TEMA's ID head overfitted ABXI from epoch ~25 and
+    plateaued below SASRec (docs/BENCHMARKS.md, "Why TEMA lagged").
     """
 
     def __init__(self, n: int, dim: int, heads: int, dropout: float):
@@ -178,12 +178,13 @@ class StackedBlock(nn.Module):
         """eq. (10): softmax(Q K^T / sqrt(d_k)) V, x (E, B, L, D), mask (E*B, 1, L, L)."""
         E, B, L, D = x.shape
         qkv = self.qkv(x).view(E * B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (EB, H, L, d_k)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)  # (EB, H, L, d_k)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask,
+                                           dropout_p=self.drop.p if self.training else 0.0)  # (EB, H, L, d_k)
         return self.out(y.transpose(1, 2).reshape(E, B, L, D))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attend(self.ln_attn(x), mask))  # (E, B, L, D)
-        return x + self.drop(self.ffn_out(F.relu(self.ffn_in(self.ln_ffn(x)))))  # (E, B, L, D)
+        return x + self.drop(self.ffn_out(self.drop(F.relu(self.ffn_in(self.ln_ffn(x))))))  # (E, B, L, D)
 
 
 class StackedEncoders(nn.Module):
