@@ -238,6 +238,8 @@ class TEMA(SequentialModel):
                              persistent=False)  # (M,)
         self.items = ItemEmbeddings(D, ctx, self.modalities)
         self._item_cache: dict[int, torch.Tensor] = {}  # domain -> (M, N, D) while frozen, see domain_items
+        self.register_buffer("input_scale", torch.tensor([D ** 0.5 if m == "id" else 1.0 for m in self.modalities]),
+                             persistent=False)  # (M,) see encode
         self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len)
         self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
         # Items that carry no information (never trained, no text, no tags) get identical scores; a fixed random
@@ -266,7 +268,8 @@ class TEMA(SequentialModel):
         M = len(self.modalities)
         uniq, inv = torch.unique(view_ids, return_inverse=True)  # each distinct item embedded once
         vecs, fused = self.items(uniq)  # (M, U, D), (U, D)
-        f = (vecs + fused)[:, inv]  # (M, V, B, L, D): F_m = e_m + e_item (eq. 9 feeds every encoder)
+        # F_m = e_m + e_item (eq. 9 feeds every encoder); e_id enters times sqrt(D), as SASRec's item embedding
+        f = (vecs * self.input_scale[:, None, None] + fused)[:, inv]  # (M, V, B, L, D)
         x = f.transpose(0, 1).reshape(V * M, B, L, -1)  # (E, B, L, D)
         valid = (view_ids > 0)[:, None].expand(V, M, B, L).reshape(V * M, B, L)
         return self.encoders(x, valid).view(V, M, B, L, -1)  # eqs. (10)-(11)
