@@ -293,6 +293,17 @@ def test_similarity_is_cosine_or_dot_over_the_temperature():
         torch.testing.assert_close(got, want)
 
 
+def test_each_head_is_a_distribution_and_their_weighted_mixture_is_the_score():
+    model = make_model()
+    with torch.no_grad():
+        heads = model.head_log_probs(HISTORY, 1)  # (V, M, B, N1)
+        assert heads.shape == (3, len(model.modalities), len(HISTORY), N1)
+        torch.testing.assert_close(heads.exp().sum(-1), torch.ones(heads.shape[:-1]))
+        w = torch.tensor(view_weights("multi", "target", (0.3, 0.1), 1))[:, None, None, None]
+        mixture = (w * model.log_alpha.exp()[:, None, None] * heads.exp()).sum((0, 1))  # eq. (16)
+        torch.testing.assert_close(model.score_domain(HISTORY, 1) - model.tie_break[N0:], mixture.log())
+
+
 def test_item_matrices_are_cached_only_while_frozen_and_never_stale():
     model = make_model()  # eval mode
     with torch.no_grad():
