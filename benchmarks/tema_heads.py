@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from temarec.evaluation import evaluate
-from temarec.models.tema import TEMA, view_weights
+from temarec.models.tema import TEMA
 from temarec.train import load_run
 
 
@@ -40,15 +39,8 @@ class HeadMix(torch.nn.Module):
         self.model, self.keep_views, self.keep_modalities = model, keep_views, keep_modalities
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
-        m = self.model
-        w = view_weights(m.cfg.views, m.cfg.view_reading, m.cfg.lambdas, domain)
-        log_w = torch.tensor([math.log(w[v]) if v in self.keep_views and w[v] > 0 else -math.inf
-                              for v in range(m.n_views)])
-        log_a = torch.tensor([float(m.log_alpha[i]) if i in self.keep_modalities else -math.inf
-                              for i in range(len(m.modalities))])
-        terms = m.head_log_probs(history, domain) + log_w[:, None, None, None] + log_a[:, None, None]
-        sl = m.ctx.domain_slice(domain)
-        return terms.flatten(0, 1).logsumexp(0) + m.tie_break[sl.start - 1:sl.stop - 1]
+        heads = self.model.head_log_probs(history, domain)  # (V, M, B, N)
+        return self.model.fuse_heads(heads, domain, self.keep_views, self.keep_modalities)
 
 
 def main(argv: list[str] | None = None) -> int:

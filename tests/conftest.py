@@ -25,6 +25,32 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def overfit():
+    """overfit(model, lr, steps) -> the training losses of ``steps`` Adam steps on three fixed sequences
+    (Food ids 1..7, Kitchen 8..12, left-padded, one all-padding row, which must not break the loss)."""
+    import torch
+
+    seqs = torch.tensor([[0, 0, 1, 8, 2, 9, 3],
+                         [4, 12, 5, 11, 6, 10, 7],
+                         [0, 0, 0, 0, 0, 0, 0]])
+
+    def run(model, lr: float, steps: int) -> list[float]:
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad()
+            value = model.training_loss(seqs)
+            value.backward()
+            opt.step()
+            losses.append(float(value.detach()))
+        return losses
+
+    run.seqs = seqs  # type: ignore[attr-defined]  # for other tests over the same sequences
+    return run
+
+
 @pytest.fixture(scope="session")
 def generated_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated two-domain world (300 users, 240 items), written once per test session."""

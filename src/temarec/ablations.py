@@ -14,7 +14,6 @@ and their mean, with the paper's numbers beside for reference. They are not comp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 
 from temarec.bench import Variant, run_grid
 from temarec.config import Config
+from temarec.fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path
     results = {**main["results"], **keyword["results"]}
     protocols = {**main["protocol"], **keyword["protocol"]}
     summary = summarise_ablations(results, protocols)
-    (out / "ablations.json").write_text(json.dumps(summary, indent=2))
-    (out / "ablations.md").write_text(format_ablations(summary))
+    write_json_atomic(out / "ablations.json", summary)
+    write_text_atomic(out / "ablations.md", format_ablations(summary))
     log.info("wrote %s", out / "ablations.md")
     return summary
 

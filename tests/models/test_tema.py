@@ -163,22 +163,9 @@ def test_sequence_longer_than_max_len_is_rejected():
         make_model().score_domain(torch.ones(1, 13, dtype=torch.long), 0)
 
 
-SEQS = torch.tensor([[0, 0, 1, 8, 2, 9, 3],
-                     [4, 12, 5, 11, 6, 10, 7],
-                     [0, 0, 0, 0, 0, 0, 0]])  # an all-padding row must not break the loss
-
-
 @pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_loss_decreases_when_overfitting(loss):
-    model = make_model(loss=loss, num_sampled=3).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        value = model.training_loss(SEQS)
-        value.backward()
-        opt.step()
-        losses.append(float(value.detach()))
+def test_loss_decreases_when_overfitting(overfit, loss):
+    losses = overfit(make_model(loss=loss, num_sampled=3), lr=1e-2, steps=40)  # fixture in tests/conftest.py
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
 
@@ -341,11 +328,11 @@ def test_missing_image_features_drop_the_image_modality(tmp_path):
     assert _usable_modalities(tmp_path, ("id", "img", "txt")) == ("id", "txt")
 
 
-def test_encoding_in_length_groups_changes_nothing(monkeypatch):
+def test_encoding_in_length_groups_changes_nothing(monkeypatch, overfit):
     import temarec.models.tema as tema
 
     model = make_model(dropout=0.0)
-    seqs = torch.cat([SEQS, torch.tensor([[0, 0, 0, 0, 3, 9, 2], [0, 0, 0, 0, 0, 1, 8]])])
+    seqs = torch.cat([overfit.seqs, torch.tensor([[0, 0, 0, 0, 3, 9, 2], [0, 0, 0, 0, 0, 1, 8]])])
     with torch.no_grad():
         whole = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
         monkeypatch.setattr(tema, "GROUP_ROWS", 2)

@@ -61,18 +61,7 @@ def test_all_padding_history_gives_finite_scores(make_model):
 
 
 @pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_loss_decreases_when_overfitting(make_model, loss):
-    model = make_model(loss=loss, num_sampled=4).train()
-    seqs = torch.tensor([[0, 0, 1, 8, 2, 9, 3],
-                         [4, 12, 5, 11, 6, 10, 7],
-                         [0, 0, 0, 0, 0, 0, 0]])  # an all-padding row must not break the loss
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    losses = []
-    for _ in range(50):
-        opt.zero_grad()
-        value = model.training_loss(seqs)
-        value.backward()
-        opt.step()
-        losses.append(value.item())
+def test_loss_decreases_when_overfitting(make_model, overfit, loss):
+    losses = overfit(make_model(loss=loss, num_sampled=4), lr=3e-2, steps=50)  # fixture in tests/conftest.py
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])

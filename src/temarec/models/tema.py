@@ -422,16 +422,8 @@ class TEMA(SequentialModel):
 
     def modality_probs(self, history: torch.Tensor, domain: int, local: torch.Tensor | None = None) -> torch.Tensor:
         """(M, B, K) weighted sum over views of alpha_m P_m^V (eqs. 13, 16); K = all items or ``local`` ones."""
-        h = self.final_states(history)  # (V, M, B, D)
-        cand = self.domain_items(domain)  # (M, N, D)
-        w = view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
-        out = 0.0
-        for v in range(self.n_views):  # one view at a time bounds memory at (M, B, N)
-            p = self.logits(h[v:v + 1], cand)[0].softmax(-1)  # (M, B, N) eqs. (12)-(13)
-            if local is not None:
-                p = p[..., local]
-            out = out + w[v] * self.log_alpha.exp()[:, None, None] * p
-        return out  # type: ignore[return-value]
+        terms = self.weighted_head_log_probs(self.head_log_probs(history, domain), domain)  # (V, M, B, N)
+        return (terms if local is None else terms[..., local]).exp().sum(0)
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """eqs. (16)-(17): log(P^X + lambda1 P^Y + lambda2 P^{X+Y}) over the target domain's items, (B, N).
@@ -440,9 +432,24 @@ class TEMA(SequentialModel):
         not underflow: sharp heads (learned temperatures) give many items a probability of exactly 0 in float32,
         which would tie them with the target and make the sampled protocol's ">" rank optimistic.
         """
+        return self.fuse_heads(self.head_log_probs(history, domain), domain)
+
+    def weighted_head_log_probs(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
+                                modalities: list[int] | None = None) -> torch.Tensor:
+        """heads (V, M, B, N) log P_m^V -> log(w_V alpha_m P_m^V), the terms of eq. (16); the heads of views or
+        modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0."""
         w = view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
-        log_w = torch.tensor([math.log(x) if x > 0 else -math.inf for x in w], device=history.device)  # (V,)
-        terms = self.head_log_probs(history, domain) + log_w[:, None, None, None] + self.log_alpha[:, None, None]
+        log_w = torch.tensor([math.log(x) if x > 0 and (views is None or v in views) else -math.inf
+                              for v, x in enumerate(w)], device=heads.device)  # (V,)
+        log_a = self.log_alpha.masked_fill(torch.tensor([modalities is not None and m not in modalities
+                                                         for m in range(len(self.modalities))],
+                                                        device=heads.device), -math.inf)  # (M,)
+        return heads + log_w[:, None, None, None] + log_a[:, None, None]
+
+    def fuse_heads(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
+                   modalities: list[int] | None = None) -> torch.Tensor:
+        """heads (V, M, B, N) -> (B, N) log sum over the kept heads of w_V alpha_m P_m^V, plus the tie-break."""
+        terms = self.weighted_head_log_probs(heads, domain, views, modalities)
         sl = self.ctx.domain_slice(domain)
         # (N,) breaks exact ties among information-free items; float32 log-scores of size ~10-100 resolve ~1e-5
         return terms.flatten(0, 1).logsumexp(0) + self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
