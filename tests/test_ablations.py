@@ -73,3 +73,50 @@ def test_ablations_need_a_tag_vocabulary(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(ValueError, match="temarec tags --dataset"):
         ablations.keyword_dataset(tmp_path / "data", tmp_path / "kw", Config())
+
+
+def test_tables_select_their_variants_and_share_the_full_model():
+    table4 = [v for v, _ in ablations.variants(("4",))]
+    assert table4 == ["base-id-merged", "tag-matched-merged", "tag-matched-multi", "tema"]
+    both = [v for v, _ in ablations.variants(("5", "6"))]
+    assert both == ["tags-onehot", "tags-multihot", "tema", "tags-topr", "tags-threshold"]
+    assert len(ablations.variants(("lambda",))) == 16
+    with pytest.raises(ValueError, match="choose among 4, 5, 6, lambda"):
+        ablations.variants(("7",))
+
+
+def test_later_calls_add_their_tables_to_the_earlier_ones(tmp_path, monkeypatch):
+    dataset = tmp_path / "data"
+    (dataset / "tags").mkdir(parents=True)
+    (dataset / "tags" / "vocab.json").write_text("{}")
+    (dataset / "tags" / "meta.json").write_text("{}")
+    done: dict = {}
+
+    def fake_grid(dataset_dir, variants, seeds, out_dir, base_cfg):
+        done.setdefault(str(out_dir), set()).update(v for v, _ in variants)
+        return fake_summary(out_dir)
+
+    def fake_summary(out_dir):
+        names = done.get(str(out_dir), set())
+        return {"results": {v: _fake_result(0.01, 0.02) for v in names},
+                "protocol": {v: {"tags": "t", "data": "d"} for v in names}}
+
+    def fake_tags(dataset_dir, cfg, steps):
+        (dataset_dir / "tags" / "scores.parquet").write_text("x")
+
+    def keyword_runs(out_dir):  # what summarise finds on disk
+        return fake_summary(out_dir)
+
+    monkeypatch.setattr(ablations, "run_grid", fake_grid)
+    monkeypatch.setattr(ablations, "summarise", keyword_runs)
+    monkeypatch.setattr("temarec.tags.run_tags", fake_tags)
+    first = ablations.run_ablations(dataset, [0], tmp_path / "abl", Config(), tables=("4",))
+    assert [r["variant"] for r in first["table4"]] == [v for v, _, _ in ablations.TABLE4]
+    assert [r["variant"] for r in first["table5"]] == ["tema"] and first["lambda_selected"] is None
+    # the keyword row's finished run is found again by a call that does not train it
+    metrics = tmp_path / "abl" / "keyword" / "grid" / "runs" / ablations.KEYWORD_ROW / "seed0" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text("{}")
+    second = ablations.run_ablations(dataset, [0], tmp_path / "abl", Config(), tables=("5",))
+    assert [r["variant"] for r in second["table5"]] == [v for v, _, _ in ablations.TABLE5]
+    assert [r["variant"] for r in second["table4"]] == [v for v, _, _ in ablations.TABLE4]

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from temarec.bench import Variant, run_grid
+from temarec.bench import Variant, run_grid, summarise
 from temarec.config import Config
 from temarec.fileio import write_json_atomic, write_text_atomic
 
@@ -47,15 +47,20 @@ TABLE6 = [("tags-topr", "Top-R only", 6.29),
           ("tema", "Top-R + Threshold-theta (hybrid)", 6.41)]
 LAMBDA1 = (0.2, 0.3, 0.4, 0.5)
 LAMBDA2 = (0.05, 0.1, 0.15, 0.2)
+TABLES = ("4", "5", "6", "lambda")  # what ``--tables`` selects: Tables IV, V, VI and the lambda grid
 
 
 def lambda_name(l1: float, l2: float) -> str:
     return "tema" if (l1, l2) == (0.3, 0.1) else f"lambda-{l1:g}-{l2:g}"
 
 
-def variants() -> list[Variant]:
-    """The main grid's variants (every table's rows but the keyword one), each a full set of TEMA overrides."""
-    out: dict[str, dict[str, str]] = {
+def variants(tables: tuple[str, ...] = TABLES) -> list[Variant]:
+    """The main grid's variants for ``tables`` (their rows but the keyword one), each a full set of TEMA
+    overrides; the full model ("tema") belongs to every table."""
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown or not tables:
+        raise ValueError(f"unknown ablation tables {unknown or list(tables)}; choose among {', '.join(TABLES)}")
+    rows = {
         "base-id-merged": {**FULL, "model.modalities": "id", "model.views": "merged"},
         "tag-matched-merged": MERGED_ID_TAG,
         "tag-matched-multi": {**FULL, "model.modalities": "id,tag"},
@@ -65,9 +70,12 @@ def variants() -> list[Variant]:
         "tags-topr": {**FULL, "tags.selection": "topr"},
         "tags-threshold": {**FULL, "tags.selection": "threshold"},
     }
-    for l1 in LAMBDA1:
-        for l2 in LAMBDA2:
-            out.setdefault(lambda_name(l1, l2), {**FULL, "model.lambdas": f"{l1:g},{l2:g}"})
+    grid = {lambda_name(l1, l2): {**FULL, "model.lambdas": f"{l1:g},{l2:g}"} for l1 in LAMBDA1 for l2 in LAMBDA2}
+    wanted = {"4": [v for v, _, _ in TABLE4 if v != KEYWORD_ROW], "5": [v for v, _, _ in TABLE5],
+              "6": [v for v, _, _ in TABLE6], "lambda": list(grid)}
+    out: dict[str, dict[str, str]] = {}
+    for table in (t for t in TABLES if t in tables):
+        out.update({name: {**rows, **grid}[name] for name in wanted[table]})
     return list(out.items())
 
 
@@ -95,15 +103,26 @@ def keyword_dataset(dataset_dir: str | Path, out: Path, base_cfg: Config) -> Pat
     return out
 
 
-def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path, base_cfg: Config) -> dict[str, Any]:
-    """Train every ablation variant for every seed (finished runs are reused); write ablations.md/.json."""
+def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path, base_cfg: Config,
+                  tables: tuple[str, ...] = TABLES) -> dict[str, Any]:
+    """Train the variants of ``tables`` for every seed (finished runs are reused); write ablations.md/.json.
+
+    The tables show every finished run of the folder, so tables run by separate calls accumulate.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    main = run_grid(dataset_dir, variants(), seeds, out / "grid", base_cfg)
-    keyword_dir = keyword_dataset(dataset_dir, out / "keyword" / "dataset", base_cfg)
-    keyword = run_grid(keyword_dir, [(KEYWORD_ROW, MERGED_ID_TAG)], seeds, out / "keyword" / "grid", base_cfg)
-    results = {**main["results"], **keyword["results"]}
-    protocols = {**main["protocol"], **keyword["protocol"]}
+    main = run_grid(dataset_dir, variants(tables), seeds, out / "grid", base_cfg)
+    results, protocols = dict(main["results"]), dict(main["protocol"])
+    keyword_grid = out / "keyword" / "grid"
+    keyword = None
+    if "4" in tables:
+        keyword_dir = keyword_dataset(dataset_dir, out / "keyword" / "dataset", base_cfg)
+        keyword = run_grid(keyword_dir, [(KEYWORD_ROW, MERGED_ID_TAG)], seeds, keyword_grid, base_cfg)
+    elif any(keyword_grid.glob("runs/*/seed*/metrics.json")):  # Table IV's keyword row from an earlier call
+        keyword = summarise(keyword_grid)
+    if keyword:
+        results.update(keyword["results"])
+        protocols.update(keyword["protocol"])
     summary = summarise_ablations(results, protocols)
     write_json_atomic(out / "ablations.json", summary)
     write_text_atomic(out / "ablations.md", format_ablations(summary))
@@ -127,6 +146,8 @@ def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any]) -> d
 
     grid = {f"{l1:g},{l2:g}": _mrr(results[lambda_name(l1, l2)], "valid")["mean"]
             for l1 in LAMBDA1 for l2 in LAMBDA2 if lambda_name(l1, l2) in results}
+    if not any(v.startswith("lambda-") for v in results):  # the full model alone is no grid
+        grid = {}
     best = max(grid, key=grid.get) if grid else None
     l1, l2 = (float(x) for x in best.split(",")) if best else (0.3, 0.1)
     domains = [d for d in next(iter(results.values()))["mean"]["test"]["sampled"]]

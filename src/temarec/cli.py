@@ -65,7 +65,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.ablations:
         from temarec.ablations import run_ablations
 
-        run_ablations(args.dataset, seeds, out / "ablations", cfg)
+        run_ablations(args.dataset, seeds, out / "ablations", cfg, tables=tuple(args.tables.split(",")))
     return 0
 
 
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="3", help="a count N = seeds 0..N-1 (default 3 = 0,1,2), or a comma list")
     p.add_argument("--out", required=True, help="bench folder; finished runs in it are reused (resumable)")
     p.add_argument("--ablations", action="store_true", help="also run the ablation grid into OUT/ablations")
+    p.add_argument("--tables", default="4,5,6,lambda",
+                   help="with --ablations: which of Tables 4, 5, 6 and the lambda grid to run (default all)")
     p.add_argument("--summarise", action="store_true", help="only rebuild results and plots from OUT's runs")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
