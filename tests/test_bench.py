@@ -43,6 +43,9 @@ def test_seed_list_and_model_variants():
     assert bench.seed_list(3) == [0, 1, 2]
     assert bench.seed_list("3") == [0, 1, 2]
     assert bench.seed_list("0,5,7") == [0, 5, 7]
+    assert bench.seed_list("0,") == [0]
+    with pytest.raises(ValueError, match="seed 0 alone: --seeds 0,"):
+        bench.seed_list("0")
     for bad in ("0", "x", "1,1", "-1,2"):
         with pytest.raises(ValueError, match="--seeds"):
             bench.seed_list(bad)

@@ -52,8 +52,11 @@ def seed_list(spec: str | int) -> list[int]:
             seeds = list(range(int(text)))
     except ValueError:
         raise ValueError(f"--seeds expects a count (3 = seeds 0,1,2) or a comma list (0,5,7), got {spec!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"--seeds needs at least one seed, all distinct and >= 0; got {spec!r}")
+    if not seeds:
+        raise ValueError(f"--seeds {spec!r} is a count of zero seeds; give a count >= 1, or a comma list for "
+                         "chosen seeds (seed 0 alone: --seeds 0, or --seeds 1)")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds needs distinct seeds >= 0; got {spec!r}")
     return seeds
 
 
