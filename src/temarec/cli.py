@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset folder written by `temarec prepare`")
     p.add_argument("--models", help="comma list of models, one table row each (default pop,gru4rec,sasrec; "
                                     "none with --ablations)")
-    p.add_argument("--seeds", default="3", help="a count N = seeds 0..N-1 (default 3 = 0,1,2), or a comma list (0,5,7; seed 0 alone: 0,)")
+    p.add_argument("--seeds", default="3",
+                   help="a count N = seeds 0..N-1 (default 3 = 0,1,2), or a comma list (0,5,7; seed 0 alone: 0,)")
     p.add_argument("--out", required=True, help="bench folder; finished runs in it are reused (resumable)")
     p.add_argument("--ablations", action="store_true", help="also run the ablation grid into OUT/ablations")
     p.add_argument("--tables", default="4,5,6,lambda",

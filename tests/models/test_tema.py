@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from temarec.config import Config, ModelConfig
 from temarec.models.base import ModelContext
-from temarec.models.tema import TEMA, TargetLogSoftmax, modality_weights, view_gather, view_weights
+from temarec.models.tema import TEMA, ChunkedLogSumExp, modality_weights, view_gather, view_weights
 
 N0, N1 = 7, 5  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
 HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
@@ -195,18 +195,30 @@ def test_full_loss_is_the_weighted_nll_of_the_views(head_loss):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 100])  # one row per chunk, uneven chunks, one chunk
-def test_chunked_target_log_softmax_matches_autograd_and_passes_gradcheck(rows):
+def test_chunked_log_sum_exp_matches_autograd_and_passes_gradcheck(rows):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 7, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (M, R, D)
-    w = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (M, N, D)
-    target = torch.tensor([0, 4, 2, 2, 1, 3, 0])
-    got = TargetLogSoftmax.apply(x, w, target, rows)
-    want = torch.bmm(x, w.transpose(1, 2)).log_softmax(-1).gather(2, target.expand(2, -1)[..., None])[..., 0]
+    w = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)  # (M, C, D)
+    drop_r, drop_c = torch.tensor([0, 3, 3, 6]), torch.tensor([2, 0, 4, 1])  # logits left out
+    got = ChunkedLogSumExp.apply(x, w, rows, drop_r, drop_c)
+    z = torch.bmm(x, w.transpose(1, 2))
+    keep = torch.ones(7, 5, dtype=torch.bool)
+    keep[drop_r, drop_c] = False
+    want = z.masked_fill(~keep, float("-inf")).logsumexp(-1)
     torch.testing.assert_close(got, want)
     weights = torch.randn(2, 7, generator=g, dtype=torch.float64)
     grads = torch.autograd.grad((got * weights).sum(), (x, w))
     torch.testing.assert_close(grads, torch.autograd.grad((want * weights).sum(), (x, w)))
-    assert torch.autograd.gradcheck(lambda a, b: TargetLogSoftmax.apply(a, b, target, rows), (x, w))
+    assert torch.autograd.gradcheck(lambda a, b: ChunkedLogSumExp.apply(a, b, rows, drop_r, drop_c), (x, w))
+
+
+def test_a_row_with_every_logit_left_out_has_no_gradient():
+    x = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    lse = ChunkedLogSumExp.apply(x, w, 2, torch.tensor([1, 1]), torch.tensor([0, 1]))
+    assert lse[0, 1] == float("-inf")
+    torch.logaddexp(torch.zeros(2, dtype=torch.float64), lse[0]).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all() and float(x.grad[0, 1].abs().sum()) == 0
 
 
 def test_cold_item_with_an_informative_title_ranks_high():

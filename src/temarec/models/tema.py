@@ -33,7 +33,8 @@ GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many 
 # gradient's scale, so a row's direction (all that a cosine sees) turns at a rate ~ lr / ||row||: at std D^-0.5
 # (rows of norm 1) TEMA's ID head learned several times more slowly per epoch on ABXI (docs/BENCHMARKS.md)
 ID_STD = 0.02
-LOGIT_CHUNK = 1 << 25  # logits held at once by the full softmax (128 MB in float32)
+LOGIT_CHUNK = 1 << 19  # logits held at once by a head's normaliser (2 MB in float32: stays in cache)
+MIN_CHUNK_ROWS = 64  # ... but never fewer rows per matmul than this
 
 
 def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, ...]) -> dict[str, float]:
@@ -336,10 +337,13 @@ class TEMA(SequentialModel):
 
     @staticmethod
     def _full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) unit rows, target (P,) -> log P_m^V (V, M, P)."""
+        """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) item rows, target (P,) -> log P_m^V (V, M, P)."""
         V, M, P, D = hs.shape
-        rows = max(1, LOGIT_CHUNK // (M * cand.shape[1]))  # bounds each chunk's (M, rows, N) logits
-        log_p = TargetLogSoftmax.apply(hs.transpose(0, 1).reshape(M, V * P, D), cand, target.repeat(V), rows)
+        x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P
+        t = target.repeat(V)  # (R,)
+        picked = (x * cand[:, t]).sum(-1)  # (M, R) the target's logit
+        none = t.new_empty(0)
+        log_p = picked - ChunkedLogSumExp.apply(x, cand, _chunk_rows(M, cand.shape[1]), none, none)
         return log_p.view(M, V, P).transpose(0, 1)  # (V, M, P) log P_m^V(target)
 
     def _sampled_log_prob(self, h: torch.Tensor, target: torch.Tensor, domain: int) -> torch.Tensor:
@@ -349,18 +353,18 @@ class TEMA(SequentialModel):
         uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
         cand = self.candidates(self.items(uniq, fuse=False)[0])[:, inv]  # (M, P + S, D): the items this batch needs
         hs = self.scaled(h)  # (V, M, P, D)
+        V, M, _, D = hs.shape
         pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
-        negz = self._scores(hs, cand[:, P:])  # (M, V, P, S)
-        lse = negz.logsumexp(-1)  # (M, V, P)
-        hit = neg[None, :] == target[:, None]  # (P, S) accidental hits: the target drawn as a negative
-        rows = hit.any(1).nonzero(as_tuple=True)[0]  # few rows: redo just those without their hits
-        if len(rows):
-            lse = lse.index_copy(2, rows, negz[:, :, rows].masked_fill(hit[rows], float("-inf")).logsumexp(-1))
+        hit_r, hit_c = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # accidental hits: the target
+        hit_r = (hit_r + torch.arange(V, device=h.device)[:, None] * P).flatten()  # drawn as a negative, left out
+        x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P rows: each view's positions
+        lse = ChunkedLogSumExp.apply(x, cand[:, P:].contiguous(), _chunk_rows(M, len(neg)), hit_r,
+                                     hit_c.repeat(V)).view(M, V, P).transpose(0, 1)  # (V, M, P)
         # each negative stands for (N - 1) / S items, so the sum estimates the full softmax's normaliser and
         # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities); model.sampled_correction off
         # gives the plain softmax over target + negatives, as SASRec's sampled loss (docs/DESIGN.md)
         shift = math.log((n - 1) / len(neg)) if self.cfg.sampled_correction else 0.0
-        log_z = torch.logaddexp(pos, lse.transpose(0, 1) + shift)  # (V, M, P)
+        log_z = torch.logaddexp(pos, lse + shift)  # (V, M, P)
         return pos - log_z  # (V, M, P)
 
     # ---- eqs. (14)-(17) ------------------------------------------------------------------------------------
@@ -554,40 +558,55 @@ class TEMA(SequentialModel):
         return {"encoders": encoders, "tags": tags, "notes": "; ".join(notes)}
 
 
-class TargetLogSoftmax(torch.autograd.Function):
-    """log softmax(x @ w^T)[target] for M heads at once, chunk by chunk, never holding all the logits.
+class ChunkedLogSumExp(torch.autograd.Function):
+    """log sum_c exp(x_r . w_c) for M heads at once, chunk by chunk, never holding all the logits.
 
-    x (M, R, D) rows, w (M, N, D) candidates, target (R,) in [0, N), rows per chunk -> (M, R). Forward keeps only
-    the log-normalisers; backward recomputes each chunk's logits once and forms softmax - one-hot in place. The
-    same arithmetic as ``F.cross_entropy`` under activation checkpointing, with two fewer passes over the
-    (M, rows, N) logits and no stored log-probabilities: on one CPU thread the exact full softmax over ABXI's
-    12-16k items per head is most of TEMA's training step (docs/BENCHMARKS.md, "Epoch time").
+    x (M, R, D) rows, w (M, C, D) candidates, rows per chunk, and (row, column) index pairs of logits left out
+    (-inf: a sampled negative that is the row's own target) -> (M, R) log-normalisers. Forward keeps only
+    those; backward recomputes each chunk's logits once and forms the softmax in place. Against autograd over
+    the stored (M, R, C) logits (a logsumexp or cross-entropy) this saves their memory and several passes over
+    them; small chunks stay in cache. It is most of TEMA's head cost: one CPU thread spends more time on the
+    nine heads' normalisers than on the nine encoders (docs/DESIGN.md, "Cost").
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, target: torch.Tensor, rows: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, rows: int, drop_r: torch.Tensor,
+                drop_c: torch.Tensor) -> torch.Tensor:
         M, R, _ = x.shape
-        picked, lse = x.new_empty(M, R), x.new_empty(M, R)
+        lse = x.new_empty(M, R)
         for s in range(0, R, rows):
-            z = torch.bmm(x[:, s:s + rows], w.transpose(1, 2))  # (M, r, N) logits of this chunk
-            lse[:, s:s + rows] = z.logsumexp(-1)
-            picked[:, s:s + rows] = z.gather(2, target[s:s + rows].expand(M, -1)[..., None])[..., 0]
-        ctx.save_for_backward(x, w, target, lse)
+            lse[:, s:s + rows] = _chunk_logits(x, w, s, rows, drop_r, drop_c).logsumexp(-1)
+        ctx.save_for_backward(x, w, drop_r, drop_c, lse)
         ctx.rows = rows
-        return picked - lse
+        return lse
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
-        x, w, target, lse = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w, drop_r, drop_c, lse = ctx.saved_tensors
+        lse = lse.masked_fill(lse == float("-inf"), 0.0)  # a row with every logit left out has no gradient
         grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
         for s in range(0, x.shape[1], ctx.rows):
-            g = grad[:, s:s + ctx.rows, None]  # (M, r, 1)
-            # d(z_t - lse)/dz = one-hot(t) - softmax(z), times the incoming gradient
-            dz = torch.bmm(x[:, s:s + ctx.rows], w.transpose(1, 2)).sub_(lse[:, s:s + ctx.rows, None]).exp_()
-            dz.mul_(-g).scatter_add_(2, target[s:s + ctx.rows].expand(len(g), -1)[..., None], g)  # (M, r, N)
+            # d lse / d z = softmax(z), times the incoming gradient
+            dz = _chunk_logits(x, w, s, ctx.rows, drop_r, drop_c).sub_(lse[:, s:s + ctx.rows, None]).exp_()
+            dz.mul_(grad[:, s:s + ctx.rows, None])  # (M, r, C)
             grad_x[:, s:s + ctx.rows] = torch.bmm(dz, w)
             grad_w.baddbmm_(dz.transpose(1, 2), x[:, s:s + ctx.rows])
-        return grad_x, grad_w, None, None
+        return grad_x, grad_w, None, None, None
+
+
+def _chunk_logits(x: torch.Tensor, w: torch.Tensor, start: int, rows: int, drop_r: torch.Tensor,
+                  drop_c: torch.Tensor) -> torch.Tensor:
+    """(M, r, C) logits x[:, start:start + rows] @ w^T, -inf at the left-out (row, column) pairs of the chunk."""
+    z = torch.bmm(x[:, start:start + rows], w.transpose(1, 2))
+    if len(drop_r):
+        inside = (drop_r >= start) & (drop_r < start + rows)
+        z[:, drop_r[inside] - start, drop_c[inside]] = float("-inf")
+    return z
+
+
+def _chunk_rows(heads: int, candidates: int) -> int:
+    """Rows per chunk of ChunkedLogSumExp: about LOGIT_CHUNK logits, at least MIN_CHUNK_ROWS rows."""
+    return max(MIN_CHUNK_ROWS, LOGIT_CHUNK // (heads * candidates))
 
 
 def _length_groups(seqs: torch.Tensor) -> list[torch.Tensor]:
