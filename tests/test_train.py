@@ -63,6 +63,21 @@ def test_resume_continues_after_the_last_epoch(generated_dataset, tmp_path, tiny
     train_run(generated_dataset, cfg2, out, resume=True)
     epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+    assert json.loads((out / "run.json").read_text())["resumes"] == [
+        {"after_epoch": 1, "changed": {"train.epochs": [1, 3]}}]
+
+
+def test_resume_refuses_settings_that_change_the_model(generated_dataset, tmp_path, tiny):
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny(**{"model.name": "gru4rec", "train.epochs": "1"}))
+    train_run(generated_dataset, cfg, out)
+    before = (out / "config.json").read_text()
+    other = cfg.replace(**{"train.epochs": "3", "model.dim": "32", "train.lr": "0.1"})
+    with pytest.raises(ValueError, match=r"model.dim 16 -> 32, train.lr 0.001 -> 0.1.*--config") as err:
+        train_run(generated_dataset, other, out, resume=True)
+    assert "train.epochs" in str(err.value)  # named among what may change
+    assert (out / "config.json").read_text() == before
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_early_stopping_respects_patience(generated_dataset, tmp_path, tiny):

@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from temarec.config import Config
+from temarec.config import RUNTIME_SETTINGS, Config
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
 
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 TABLE_METRICS = ("mrr", "ndcg@5", "ndcg@10")  # the columns of the paper's Tables II/III
 AGG_METRICS = ("mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10")
 SPLITS = ("valid", "test")
-# config keys that may differ between a finished run and a resumed bench without changing its numbers
-_RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("eval", "batch_size")}
 
 Variant = tuple[str, dict[str, str]]
 
@@ -130,17 +128,10 @@ def _check_same_config(run: Path, cfg: Config) -> None:
     path = run / "config.json"
     if not path.is_file():
         return
-    done = json.loads(path.read_text())
-    want = cfg.to_dict()
-    diff = [f"{s}.{k}" for s in want for k in want[s]
-            if (s, k) not in _RUNTIME_KEYS and _jsonable(done.get(s, {}).get(k)) != _jsonable(want[s][k])]
+    diff = [k for k in cfg.changed_from(json.loads(path.read_text())) if k not in RUNTIME_SETTINGS]
     if diff:
         raise ValueError(f"{run} was trained with a different config ({', '.join(diff)}); "
                          "bench into another --out, or delete that run folder to retrain it")
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 def summarise(out_dir: str | Path) -> dict[str, Any]:

@@ -188,6 +188,13 @@ class EvalConfig:
         _check(all(k >= 1 for k in self.ks), f"eval.ks must be positive, got {self.ks}")
 
 
+# Settings that change how fast a run goes, not what it computes (bench reuses runs that differ only in these) ...
+RUNTIME_SETTINGS = frozenset({"train.device", "train.threads", "eval.batch_size"})
+# ... and those a resumed run may also change: how long it trains and what evaluation reports
+RESUMABLE_SETTINGS = RUNTIME_SETTINGS | {"train.epochs", "train.patience", "train.max_train_s", "train.eval_every",
+                                         "eval.ks", "eval.tie_warn_share"}
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -202,6 +209,13 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def changed_from(self, old: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{"section.key": (old value, this config's value)} for every setting that differs from ``old``, a
+        config.json as written into a run folder (JSON values: tuples compare as lists)."""
+        new = json.loads(self.to_json())
+        return {f"{s}.{k}": (old.get(s, {}).get(k), v) for s in new for k, v in new[s].items()
+                if old.get(s, {}).get(k) != v}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from temarec.config import Config
+from temarec.config import RESUMABLE_SETTINGS, Config
 from temarec.data.dataset import Dataset
 from temarec.evaluation import evaluate, selection_score
 from temarec.fileio import atomic_write, write_json_atomic
@@ -189,6 +189,7 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     dist = _Distributed(cfg.train.device)
     if dist.is_main:
         _prepare_run_dir(out, resume)
+    resumes = _resume_record(out, cfg) if resume else []
     _seed_everything(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -196,10 +197,11 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     info = protocol_info(dataset, cfg, model)
     if dist.is_main:
         write_json_atomic(out / "config.json", cfg.to_dict())
-        write_json_atomic(out / "item_ids.json", {"domains": list(dataset.domains), "domain_sizes": list(dataset.domain_sizes),
-                                            "items": dataset.items["item"].tolist()})
+        write_json_atomic(out / "item_ids.json", {"domains": list(dataset.domains),
+                                                  "domain_sizes": list(dataset.domain_sizes),
+                                                  "items": dataset.items["item"].tolist()})
         write_json_atomic(out / "run.json", {"model": cfg.model.name, "dataset_dir": str(dataset.root.resolve()),
-                                       "manifest": dataset.manifest, "protocol": info})
+                                             "manifest": dataset.manifest, "protocol": info, "resumes": resumes})
     t0 = time.perf_counter()
     epoch_times: list[float] = []
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "valid": None}
@@ -238,6 +240,29 @@ def _prepare_run_dir(out: Path, resume: bool) -> None:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"run folder {out} exists and is not empty; choose another --out or --resume it")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _resume_record(out: Path, cfg: Config) -> list[dict[str, Any]]:
+    """--resume: run.json's list of resumptions, this one appended with the settings it changes.
+
+    Only RESUMABLE_SETTINGS (how long to train, threads, device, what evaluation reports) may change: anything
+    else would make the run's config.json describe a model it did not train.
+    """
+    if not (out / "config.json").is_file():
+        raise ValueError(f"--resume: {out} holds no config.json, so its settings are unknown; train into a new --out")
+    changed = cfg.changed_from(json.loads((out / "config.json").read_text()))
+    fixed = {k: v for k, v in changed.items() if k not in RESUMABLE_SETTINGS}
+    if fixed:
+        listing = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
+        raise ValueError(f"--resume: {out} was trained with other settings ({listing}); a resumed run may change "
+                         f"only {', '.join(sorted(RESUMABLE_SETTINGS))}. Resume with the run's own settings "
+                         f"(--config {out / 'config.json'}, plus --set for those) or train into a new --out")
+    done = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").is_file() else 0
+    earlier = json.loads((out / "run.json").read_text()).get("resumes", []) if (out / "run.json").is_file() else []
+    if changed:
+        log.info("resuming with changed settings: %s",
+                 ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    return earlier + [{"after_epoch": done, "changed": {k: list(v) for k, v in changed.items()}}]
 
 
 def _fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: _Distributed,
