@@ -330,12 +330,6 @@ class TEMA(SequentialModel):
         return torch.logsumexp(self.log_alpha[None, :, None] + log_p, dim=1)
 
     @staticmethod
-    def _scores(hs: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """hs (V, M, P, D), cand (M, C, D) -> (M, V, P, C) dot products, one contiguous bmm per modality."""
-        V, M, P, D = hs.shape
-        return torch.bmm(hs.transpose(0, 1).reshape(M, V * P, D), cand.transpose(1, 2)).view(M, V, P, -1)
-
-    @staticmethod
     def _full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) item rows, target (P,) -> log P_m^V (V, M, P)."""
         V, M, P, D = hs.shape
