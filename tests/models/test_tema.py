@@ -301,6 +301,13 @@ def test_each_head_is_a_distribution_and_their_weighted_mixture_is_the_score():
         w = torch.tensor(view_weights("multi", "target", (0.3, 0.1), 1))[:, None, None, None]
         mixture = (w * model.log_alpha.exp()[:, None, None] * heads.exp()).sum((0, 1))  # eq. (16)
         torch.testing.assert_close(model.score_domain(HISTORY, 1) - model.tie_break[N0:], mixture.log())
+        # other view weights (a diagnostic re-weighting): the same sum with those weights
+        merged_only = model.fuse_heads(heads, 1, weights=[0.0, 0.0, 1.0])
+        torch.testing.assert_close(merged_only, model.fuse_heads(heads, 1, views=[2]) - math.log(0.1))
+        w2 = torch.tensor([0.5, 2.0, 1.0])[:, None, None, None]
+        mixture2 = (w2 * model.log_alpha.exp()[:, None, None] * heads.exp()).sum((0, 1))
+        torch.testing.assert_close(model.fuse_heads(heads, 1, weights=[0.5, 2.0, 1.0]) - model.tie_break[N0:],
+                                   mixture2.log())
 
 
 def test_item_matrices_are_cached_only_while_frozen_and_never_stale():

@@ -433,10 +433,12 @@ class TEMA(SequentialModel):
         return self.fuse_heads(self.head_log_probs(history, domain), domain)
 
     def weighted_head_log_probs(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
-                                modalities: list[int] | None = None) -> torch.Tensor:
+                                modalities: list[int] | None = None,
+                                weights: list[float] | None = None) -> torch.Tensor:
         """heads (V, M, B, N) log P_m^V -> log(w_V alpha_m P_m^V), the terms of eq. (16); the heads of views or
-        modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0."""
-        w = view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
+        modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0. ``weights``
+        replaces the view weights w_V of the config (a diagnostic: re-weighting a trained model's views)."""
+        w = weights or view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
         log_w = torch.tensor([math.log(x) if x > 0 and (views is None or v in views) else -math.inf
                               for v, x in enumerate(w)], device=heads.device)  # (V,)
         log_a = self.log_alpha.masked_fill(torch.tensor([modalities is not None and m not in modalities
@@ -445,9 +447,9 @@ class TEMA(SequentialModel):
         return heads + log_w[:, None, None, None] + log_a[:, None, None]
 
     def fuse_heads(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
-                   modalities: list[int] | None = None) -> torch.Tensor:
+                   modalities: list[int] | None = None, weights: list[float] | None = None) -> torch.Tensor:
         """heads (V, M, B, N) -> (B, N) log sum over the kept heads of w_V alpha_m P_m^V, plus the tie-break."""
-        terms = self.weighted_head_log_probs(heads, domain, views, modalities)
+        terms = self.weighted_head_log_probs(heads, domain, views, modalities, weights)
         sl = self.ctx.domain_slice(domain)
         # (N,) breaks exact ties among information-free items; float32 log-scores of size ~10-100 resolve ~1e-5
         return terms.flatten(0, 1).logsumexp(0) + self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
