@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from temarec.evaluation import evaluate
-from temarec.models.tema import TEMA
+from temarec.models.tema import TEMA, view_weights
 from temarec.train import load_run
 
 
@@ -37,17 +37,17 @@ class HeadMix(torch.nn.Module):
     name = "tema-heads"
 
     def __init__(self, model: TEMA, keep_views: list[int], keep_modalities: list[int],
-                 view_weights: tuple[float, float, float] | None = None):
+                 reweight: tuple[float, float, float] | None = None):
         super().__init__()
         self.model, self.keep_views, self.keep_modalities = model, keep_views, keep_modalities
-        self.view_weights = view_weights  # (own, other, merged) replacing (1, lambda1, lambda2)
+        self.reweight = reweight  # (own, other, merged) replacing (1, lambda1, lambda2)
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         heads = self.model.head_log_probs(history, domain)  # (V, M, B, N)
         weights = None
-        if self.view_weights:
-            own, other, merged = self.view_weights
-            weights = [own, other, merged] if domain == 0 else [other, own, merged]
+        if self.reweight:
+            own, other, merged = self.reweight
+            weights = view_weights("multi", "target", (other, merged), domain, x_weight=own)
         return self.model.fuse_heads(heads, domain, self.keep_views, self.keep_modalities, weights)
 
 

@@ -73,9 +73,10 @@ def variants(tables: tuple[str, ...] = TABLES) -> list[Variant]:
     grid = {lambda_name(l1, l2): {**FULL, "model.lambdas": f"{l1:g},{l2:g}"} for l1 in LAMBDA1 for l2 in LAMBDA2}
     wanted = {"4": [v for v, _, _ in TABLE4 if v != KEYWORD_ROW], "5": [v for v, _, _ in TABLE5],
               "6": [v for v, _, _ in TABLE6], "lambda": list(grid)}
+    overrides = {**rows, **grid}
     out: dict[str, dict[str, str]] = {}
     for table in (t for t in TABLES if t in tables):
-        out.update({name: {**rows, **grid}[name] for name in wanted[table]})
+        out.update({name: overrides[name] for name in wanted[table]})
     return list(out.items())
 
 

@@ -48,17 +48,19 @@ def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, .
     return {m: w / total for m, w in kept.items()}
 
 
-def view_weights(views: str, reading: str, lambdas: tuple[float, float], domain: int) -> list[float]:
-    """eqs. (15)-(16): weights of the views (first-domain, second-domain, merged) when ``domain`` is the target.
+def view_weights(views: str, reading: str, lambdas: tuple[float, float], domain: int,
+                 x_weight: float = 1.0) -> list[float]:
+    """eqs. (15)-(16): weights of the views (first-domain, second-domain, merged) when ``domain`` is the target:
+    X gets ``x_weight`` (1 in the paper), Y lambda1, X+Y lambda2.
 
     ``target`` reading: X is the target's own domain, Y the other one. ``fixed``: X is always the first domain.
     With ``views = merged`` there is one view, S^{X+Y}, with weight 1.
     """
     if views == "merged":
         return [1.0]
-    own = domain if reading == "target" else 0
+    x = domain if reading == "target" else 0
     weights = [0.0, 0.0, lambdas[1]]
-    weights[own], weights[1 - own] = 1.0, lambdas[0]
+    weights[x], weights[1 - x] = x_weight, lambdas[0]
     return weights
 
 
@@ -332,13 +334,8 @@ class TEMA(SequentialModel):
     @staticmethod
     def _full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) item rows, target (P,) -> log P_m^V (V, M, P)."""
-        V, M, P, D = hs.shape
-        x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P
-        t = target.repeat(V)  # (R,)
-        picked = (x * cand[:, t]).sum(-1)  # (M, R) the target's logit
-        none = t.new_empty(0)
-        log_p = picked - ChunkedLogSumExp.apply(x, cand, _chunk_rows(M, cand.shape[1]), none, none)
-        return log_p.view(M, V, P).transpose(0, 1)  # (V, M, P) log P_m^V(target)
+        picked = (hs * cand[None, :, target]).sum(-1)  # (V, M, P) the target's logit
+        return picked - _log_normaliser(hs, cand)
 
     def _sampled_log_prob(self, h: torch.Tensor, target: torch.Tensor, domain: int) -> torch.Tensor:
         """Softmax over the target and S shared negatives drawn uniformly from its domain (see docs/DESIGN.md)."""
@@ -347,13 +344,10 @@ class TEMA(SequentialModel):
         uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
         cand = self.candidates(self.items(uniq, fuse=False)[0])[:, inv]  # (M, P + S, D): the items this batch needs
         hs = self.scaled(h)  # (V, M, P, D)
-        V, M, _, D = hs.shape
         pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
-        hit_r, hit_c = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # accidental hits: the target
-        hit_r = (hit_r + torch.arange(V, device=h.device)[:, None] * P).flatten()  # drawn as a negative, left out
-        x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P rows: each view's positions
-        lse = ChunkedLogSumExp.apply(x, cand[:, P:].contiguous(), _chunk_rows(M, len(neg)), hit_r,
-                                     hit_c.repeat(V)).view(M, V, P).transpose(0, 1)  # (V, M, P)
+        # accidental hits, the target drawn as one of its own negatives, are left out of the normaliser
+        hits = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # (position, negative) pairs
+        lse = _log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
         # each negative stands for (N - 1) / S items, so the sum estimates the full softmax's normaliser and
         # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities); model.sampled_correction off
         # gives the plain softmax over target + negatives, as SASRec's sampled loss (docs/DESIGN.md)
@@ -600,9 +594,19 @@ def _chunk_logits(x: torch.Tensor, w: torch.Tensor, start: int, rows: int, drop_
     return z
 
 
-def _chunk_rows(heads: int, candidates: int) -> int:
-    """Rows per chunk of ChunkedLogSumExp: about LOGIT_CHUNK logits, at least MIN_CHUNK_ROWS rows."""
-    return max(MIN_CHUNK_ROWS, LOGIT_CHUNK // (heads * candidates))
+def _log_normaliser(hs: torch.Tensor, cand: torch.Tensor,
+                    left_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """hs (V, M, P, D), cand (M, C, D) -> (V, M, P) log sum_c exp(h . e_c) per head, through ChunkedLogSumExp.
+
+    ``left_out``: (position, candidate) index pairs excluded from every view's sum (accidental hits).
+    """
+    V, M, P, D = hs.shape
+    x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P rows: each view's positions
+    rows, cols = left_out if left_out is not None else (hs.new_empty(0, dtype=torch.long),) * 2
+    rows = (rows + torch.arange(V, device=hs.device)[:, None] * P).flatten()  # the same pairs in every view
+    chunk = max(MIN_CHUNK_ROWS, LOGIT_CHUNK // (M * cand.shape[1]))  # ~LOGIT_CHUNK logits per chunk
+    lse = ChunkedLogSumExp.apply(x, cand, chunk, rows, cols.repeat(V))  # (M, R)
+    return lse.view(M, V, P).transpose(0, 1)
 
 
 def _length_groups(seqs: torch.Tensor) -> list[torch.Tensor]:
