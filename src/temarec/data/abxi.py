@@ -23,7 +23,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, leave_one_out, write_dataset
-from temarec.data.prepare import check_out, iter_lines, open_text, parse_domains, source_manifest, title_lookup
+from temarec.data.prepare import (check_out, input_folder, iter_lines, open_text, parse_domains, source_manifest,
+                                  title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ def import_abxi(input_dir: str | Path, domains: str | Sequence[str], out: str | 
                 overwrite: bool = False) -> Path:
     """Read an ABXI folder and write the dataset folder ``out``; returns its path."""
     cfg = cfg or DataConfig()
-    folder = Path(input_dir)
-    if not folder.is_dir():
-        raise DataError("input folder not found", folder)
+    folder = input_folder(input_dir)
     names = parse_domains(domains)
     check_out(out, overwrite)
     files = {name: _find(folder, pattern) for name, pattern in

@@ -28,7 +28,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, eval_frame, train_frame, write_dataset
-from temarec.data.prepare import check_out, find_file, iter_lines, parse_domains, source_manifest, title_lookup
+from temarec.data.prepare import (check_out, find_file, input_folder, iter_lines, parse_domains, source_manifest,
+                                  title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ def import_c2dsr(input_dir: str | Path, domains: str | Sequence[str], out: str |
                  overwrite: bool = False) -> Path:
     """Read a C2DSR folder and write the dataset folder ``out``; returns its path."""
     cfg = cfg or DataConfig()
-    folder = Path(input_dir)
-    if not folder.is_dir():
-        raise DataError("input folder not found", folder)
+    folder = input_folder(input_dir)
     names = parse_domains(domains)
     check_out(out, overwrite)
     hint = _format_hint(folder)

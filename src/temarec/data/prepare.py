@@ -85,6 +85,14 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def input_folder(path: str | Path) -> Path:
+    """An importer's input folder, or a DataError when it is not one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DataError("input folder not found", folder)
+    return folder
+
+
 def find_file(folder: Path, candidates: Sequence[str], what: str, hint: str = "") -> Path:
     """The first of ``candidates`` present in ``folder``, or a DataError listing what was looked for."""
     for name in candidates:
