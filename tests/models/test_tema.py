@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from temarec.config import Config, ModelConfig
+from temarec.models import tema
 from temarec.models.base import ModelContext
 from temarec.models.tema import TEMA, ChunkedLogSumExp, modality_weights, view_gather, view_weights
 
@@ -290,6 +291,16 @@ def test_similarity_is_cosine_or_dot_over_the_temperature():
         else:
             want = torch.einsum("vmpd,mcd->vmpc", h, cand) / tau
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("views", ["multi", "merged"])
+def test_score_domain_sums_the_heads_in_row_chunks_as_fuse_heads_does_at_once(views, monkeypatch):
+    model = make_model(views=views)
+    monkeypatch.setattr(tema, "SCORE_ROWS", 3)  # HISTORY's 4 rows: chunks of 3 and 1
+    with torch.no_grad():
+        for domain in (0, 1):
+            want = model.fuse_heads(model.head_log_probs(HISTORY, domain), domain)
+            torch.testing.assert_close(model.score_domain(HISTORY, domain), want)
 
 
 def test_each_head_is_a_distribution_and_their_weighted_mixture_is_the_score():

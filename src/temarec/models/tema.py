@@ -35,6 +35,7 @@ GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many 
 ID_STD = 0.02
 LOGIT_CHUNK = 1 << 19  # logits held at once by a head's normaliser (2 MB in float32: stays in cache)
 MIN_CHUNK_ROWS = 64  # ... but never fewer rows per matmul than this
+SCORE_ROWS = 128  # histories score_domain sums the heads for at once ((rows, N) buffers of a few MB)
 
 
 def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, ...]) -> dict[str, float]:
@@ -422,23 +423,46 @@ class TEMA(SequentialModel):
 
         The log of the paper's score ranks identically, and computed as a log-sum-exp of log-softmaxes it does
         not underflow: sharp heads (learned temperatures) give many items a probability of exactly 0 in float32,
-        which would tie them with the target and make the sampled protocol's ">" rank optimistic.
+        which would tie them with the target and make the sampled protocol's ">" rank optimistic. The heads are
+        summed one at a time over SCORE_ROWS histories at once: the same sum as ``fuse_heads(head_log_probs)``
+        without its (V, M, B, N) tensors, which made evaluation slower than a training epoch and set the peak RSS.
         """
-        return self.fuse_heads(self.head_log_probs(history, domain), domain)
+        h = self.scaled(self.final_states(history))  # (V, M, B, D)
+        cand = self.candidates(self.domain_items(domain))  # (M, N, D)
+        log_w = self.log_head_weights(domain)  # (V, M)
+        heads = [(v, m) for v in range(log_w.shape[0]) for m in range(log_w.shape[1]) if log_w[v, m] > -math.inf]
+        sl = self.ctx.domain_slice(domain)
+        tie = self.tie_break[sl.start - 1:sl.stop - 1]  # (N,)
+        rows = []
+        for s in range(0, h.shape[2], SCORE_ROWS):
+            total = None
+            for v, m in heads:
+                z = h[v, m, s:s + SCORE_ROWS] @ cand[m].T  # (r, N) Sim / tau, eq. (12)
+                z = z - (z.logsumexp(-1, keepdim=True) - log_w[v, m])  # log(w_V alpha_m P_m^V), eqs. (13), (16)
+                total = z if total is None else torch.logaddexp(total, z)
+            rows.append(total + tie)  # type: ignore[operator]
+        return torch.cat(rows)
+
+    def log_head_weights(self, domain: int, views: list[int] | None = None, modalities: list[int] | None = None,
+                         weights: list[float] | None = None) -> torch.Tensor:
+        """(V, M) log(w_V alpha_m): the weight of each head in eq. (16), -inf for the heads left out.
+
+        Views or modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0.
+        ``weights`` replaces the view weights w_V of the config (a diagnostic: re-weighting a trained model's views).
+        """
+        w = weights or view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
+        log_w = torch.tensor([math.log(x) if x > 0 and (views is None or v in views) else -math.inf
+                              for v, x in enumerate(w)], device=self.log_alpha.device)  # (V,)
+        log_a = self.log_alpha.masked_fill(torch.tensor([modalities is not None and m not in modalities
+                                                         for m in range(len(self.modalities))],
+                                                        device=self.log_alpha.device), -math.inf)  # (M,)
+        return log_w[:, None] + log_a[None, :]
 
     def weighted_head_log_probs(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
                                 modalities: list[int] | None = None,
                                 weights: list[float] | None = None) -> torch.Tensor:
-        """heads (V, M, B, N) log P_m^V -> log(w_V alpha_m P_m^V), the terms of eq. (16); the heads of views or
-        modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0. ``weights``
-        replaces the view weights w_V of the config (a diagnostic: re-weighting a trained model's views)."""
-        w = weights or view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
-        log_w = torch.tensor([math.log(x) if x > 0 and (views is None or v in views) else -math.inf
-                              for v, x in enumerate(w)], device=heads.device)  # (V,)
-        log_a = self.log_alpha.masked_fill(torch.tensor([modalities is not None and m not in modalities
-                                                         for m in range(len(self.modalities))],
-                                                        device=heads.device), -math.inf)  # (M,)
-        return heads + log_w[:, None, None, None] + log_a[:, None, None]
+        """heads (V, M, B, N) log P_m^V -> log(w_V alpha_m P_m^V), the terms of eq. (16) (see log_head_weights)."""
+        return heads + self.log_head_weights(domain, views, modalities, weights)[:, :, None, None]
 
     def fuse_heads(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
                    modalities: list[int] | None = None, weights: list[float] | None = None) -> torch.Tensor:
