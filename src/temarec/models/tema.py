@@ -425,7 +425,7 @@ class TEMA(SequentialModel):
         not underflow: sharp heads (learned temperatures) give many items a probability of exactly 0 in float32,
         which would tie them with the target and make the sampled protocol's ">" rank optimistic. The heads are
         summed one at a time over SCORE_ROWS histories at once: the same sum as ``fuse_heads(head_log_probs)``
-        without its (V, M, B, N) tensors, which made evaluation slower than a training epoch and set the peak RSS.
+        without its (V, M, B, N) tensors, which set the peak RSS and made C2DSR's validation slower than an epoch.
         """
         h = self.scaled(self.final_states(history))  # (V, M, B, D)
         cand = self.candidates(self.domain_items(domain))  # (M, N, D)
