@@ -106,8 +106,9 @@ def metrics_from_split_ranks(ranks: Ranks, domains: Sequence[str], cfg: EvalConf
     disagree = float(np.mean(ranks.sampled != ranks.sampled_ge))
     out["ties"] = {"share_rank_gt_ne_ge": disagree}
     if disagree > cfg.tie_warn_share:
-        log.warning("ranks with > and >= disagree on %.1f%% of instances: the model scores many candidates "
-                    "equally (collapsed or constant scores); treat its sampled metrics with care", 100 * disagree)
+        log.warning("ranks with > and >= disagree on %.1f%% of instances: there the target's score equals some "
+                    "negatives' exactly, and the '>' rank counts those ties in its favour. A large share means "
+                    "collapsed or constant scores; treat the sampled metrics with care", 100 * disagree)
     return out
 
 
