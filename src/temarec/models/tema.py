@@ -431,8 +431,7 @@ class TEMA(SequentialModel):
         cand = self.candidates(self.domain_items(domain))  # (M, N, D)
         log_w = self.log_head_weights(domain)  # (V, M)
         heads = [(v, m) for v in range(log_w.shape[0]) for m in range(log_w.shape[1]) if log_w[v, m] > -math.inf]
-        sl = self.ctx.domain_slice(domain)
-        tie = self.tie_break[sl.start - 1:sl.stop - 1]  # (N,)
+        tie = self.domain_tie_break(domain)  # (N,)
         rows = []
         for s in range(0, h.shape[2], SCORE_ROWS):
             total = None
@@ -468,9 +467,13 @@ class TEMA(SequentialModel):
                    modalities: list[int] | None = None, weights: list[float] | None = None) -> torch.Tensor:
         """heads (V, M, B, N) -> (B, N) log sum over the kept heads of w_V alpha_m P_m^V, plus the tie-break."""
         terms = self.weighted_head_log_probs(heads, domain, views, modalities, weights)
+        return terms.flatten(0, 1).logsumexp(0) + self.domain_tie_break(domain)  # (B, N)
+
+    def domain_tie_break(self, domain: int) -> torch.Tensor:
+        """(N,) the jitter added to ``domain``'s log-scores: it breaks exact ties among information-free items
+        (float32 log-scores of size ~10-100 resolve ~1e-5)."""
         sl = self.ctx.domain_slice(domain)
-        # (N,) breaks exact ties among information-free items; float32 log-scores of size ~10-100 resolve ~1e-5
-        return terms.flatten(0, 1).logsumexp(0) + self.tie_break[sl.start - 1:sl.stop - 1]  # (B, N)
+        return self.tie_break[sl.start - 1:sl.stop - 1]
 
     def head_log_probs(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """log P_m^V over the target domain's items for every (view, modality) head, (V, M, B, N) (eqs. 12-13).
