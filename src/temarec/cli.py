@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from temarec import __version__
 from temarec.config import load_config
 
 log = logging.getLogger("temarec")
@@ -196,6 +197,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="temarec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"temarec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch a public raw data set (sha256-checked) into OUT/NAME")
