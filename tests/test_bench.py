@@ -90,6 +90,7 @@ def test_results_md_has_both_protocol_tables_every_model_and_domain(benched):
     md = (benched / "results.md").read_text()
     assert "## Test, sampled protocol" in md and "## Test, full ranking" in md
     assert "generated-world" in md and "seeds: 2 (0, 1)" in md and "encoders" in md and "tags" in md
+    assert "negatives preset c2dsr" in md and "preset c2dsr)" in md  # the sampled tables name their preset
     for model in MODELS:
         assert f"| {model} | 2 |" in md
     for domain in ("Food", "Kitchen"):

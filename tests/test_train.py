@@ -103,3 +103,23 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "temarec prepare" in capsys.readouterr().err
     assert main(["train", "--dataset", str(tmp_path), "--model", "bert", "--out", str(tmp_path / "r")]) == 2
     assert "model.name must be one of" in capsys.readouterr().err
+
+
+def test_every_report_names_the_negatives_preset(tmp_path, tiny, capsys):
+    from temarec.config import DataConfig
+    from temarec.data.synthetic import write_synthetic
+    from temarec.evaluation import format_report
+    from temarec.train import evaluate_run
+
+    data = write_synthetic(tmp_path / "data", DataConfig(num_negatives=50), n_users=120, items_per_genre=10)
+    out = tmp_path / "run"
+    m = train_run(data, load_config(None, tiny(**{"model.name": "pop", "eval.negatives": "abxi"})), out)
+    assert m["protocol"]["negatives_preset"] == "abxi" and "distinct" in m["protocol"]["negatives_rule"]
+    assert "preset abxi" in format_report(m)
+    again = evaluate_run(out, negatives="c2dsr")
+    assert again["protocol"]["negatives_preset"] == "c2dsr"
+    assert again["test"]["sampled"] != m["test"]["sampled"]  # other candidates, other ranks
+    assert main(["evaluate", "--run", str(out), "--negatives", "abxi"]) == 0
+    assert "preset abxi" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(out), "--negatives", "nope"]) == 2
+    assert capsys.readouterr().err.strip().endswith("eval.negatives must be c2dsr or abxi, got 'nope'")

@@ -234,8 +234,8 @@ def format_results(results: dict[str, Any]) -> str:
         "",
         f"- data: {'; '.join(datas)}",
         f"- test instances: {', '.join(f'{d} {n:,}' for d, n in n_test.items())}",
-        f"- protocol, sampled: the target against {first['negatives']} stored negatives of its domain "
-        f"(C2DSR, drawn once with seed {first['negative_seed']})",
+        f"- protocol, sampled: the target against {first['negatives']} stored negatives of its domain, "
+        f"negatives preset {_presets(protocols)} (drawn once with seed {first['negative_seed']})",
         "- protocol, full: the target's rank among all items of its domain",
         f"- model selection: {first['selection']}; test scored once for the selected checkpoint",
         f"- seeds: {seeds_line}; cells are mean ± sample std over seeds, metrics in %",
@@ -244,7 +244,8 @@ def format_results(results: dict[str, Any]) -> str:
     for name, p in protocols.items():
         note = f"; notes: {p['notes']}" if p.get("notes") else ""
         lines.append(f"  - {name}: encoders {p['encoders']}; tags {p['tags']}{note}")
-    titles = {"sampled": f"sampled protocol ({first['negatives']} negatives)", "full": "full ranking"}
+    titles = {"sampled": f"sampled protocol ({first['negatives']} negatives, preset {_presets(protocols)})",
+              "full": "full ranking"}
     for protocol in PROTOCOLS:
         lines += ["", f"## Test, {titles[protocol]}", "", format_table(results, "test", protocol)]
     for protocol in PROTOCOLS:
@@ -256,6 +257,11 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {t['epochs_mean']:.1f} | {', '.join(map(str, t['selected_epochs']))} "
                      f"| {t['epoch_s_median']:.2f} | {t['train_s_mean']:.1f} | {t['peak_rss_mb_max']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _presets(protocols: dict[str, Any]) -> str:
+    """The negatives preset(s) of the variants (runs from before presets existed used c2dsr)."""
+    return " / ".join(sorted({p.get("negatives_preset", "c2dsr") for p in protocols.values()}))
 
 
 def _split_sizes(variants: dict[str, Any], split: str) -> dict[str, int]:

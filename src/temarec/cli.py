@@ -42,8 +42,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from temarec.evaluation import format_report
     from temarec.train import evaluate_run
 
-    metrics = evaluate_run(args.run, split=args.split)
+    metrics = evaluate_run(args.run, split=args.split, negatives=args.negatives)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
+    return 0
+
+
+def cmd_negatives(args: argparse.Namespace) -> int:
+    from temarec.data.dataset import write_negatives
+
+    written = write_negatives(args.dataset, [p.strip() for p in args.presets.split(",") if p.strip()])
+    print(f"{args.dataset}: stored {', '.join(written)}" if written else f"{args.dataset}: all presets already stored")
     return 0
 
 
@@ -257,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by `temarec train`")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument("--negatives", help="negatives preset of the sampled protocol (c2dsr | abxi); default: the run's")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("negatives", help="store the sampled protocol's negatives presets a dataset folder lacks")
+    p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")
+    p.add_argument("--presets", default="c2dsr,abxi", help="comma list of presets to store (default c2dsr,abxi)")
+    p.set_defaults(func=cmd_negatives)
 
     p = sub.add_parser("bench", help="train models x seeds; mean ± std tables (results.md) and plots")
     p.add_argument("--dataset", help="dataset folder written by `temarec prepare`")

@@ -182,9 +182,14 @@ class EvalConfig:
     batch_size: int = 512
     ks: tuple[int, ...] = (1, 5, 10)
     tie_warn_share: float = 0.01  # warn when ranks with > and >= differ on more than this share
+    # sampled protocol's negatives: c2dsr (uniform, with replacement, history allowed) | abxi (distinct, outside
+    # the user's history); both are stored in the dataset folder (docs/DESIGN.md, "Negatives presets")
+    negatives: str = "c2dsr"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
+        _check(self.negatives in {"c2dsr", "abxi"},
+               f"eval.negatives must be c2dsr or abxi, got {self.negatives!r}")
         _check(all(k >= 1 for k in self.ks), f"eval.ks must be positive, got {self.ks}")
 
 

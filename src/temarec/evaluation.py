@@ -1,8 +1,8 @@
 """Evaluation: ranks under both protocols, metrics as small pure functions over ranks, and the report.
 
 Protocols (both always reported):
-- ``sampled`` (C2DSR, the paper's): the target against the dataset's stored 999 negatives from its domain;
-  rank = 1 + #(negative score > target score). The rank with >= is also computed and a warning is logged
+- ``sampled``: the target against the dataset's stored 999 negatives from its domain, drawn by the preset
+  ``eval.negatives`` (``c2dsr``, the paper's, or ``abxi``); rank = 1 + #(negative score > target score). The rank with >= is also computed and a warning is logged
   when the two disagree on more than ``eval.tie_warn_share`` of instances (a collapsed model scores ties).
 - ``full``: the target's rank among all items of its domain, rank = 1 + #(other items scoring higher).
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from temarec.config import EvalConfig
-from temarec.data.dataset import Dataset
+from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
 from temarec.models.base import SequentialModel, pad_histories
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Ranks:
 def rank_split(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> Ranks:
     """Score every instance of ``split`` once per domain and rank its target under both protocols."""
     frame = dataset.split(split)
-    negatives = dataset.negatives(split)
+    negatives = dataset.negatives(split, cfg.negatives)
     domains = frame["domain"].to_numpy()
     targets = frame["target"].to_numpy()
     ranks = {name: np.zeros(len(frame), dtype=np.int64) for name in ("sampled", "sampled_ge", "full")}
@@ -143,7 +143,8 @@ def format_report(metrics: dict[str, Any]) -> str:
     head = [
         f"model:     {p['model']}",
         f"data:      {p['data']}",
-        f"protocol:  sampled = target vs {p['negatives']} stored negatives of its domain (C2DSR); "
+        f"protocol:  sampled = target vs {p['negatives']} stored negatives of its domain "
+        f"(preset {p.get('negatives_preset', 'c2dsr')}: {p.get('negatives_rule', NEGATIVE_PRESETS['c2dsr'])}); "
         f"full = rank among all items of the domain; selection on validation ({p['selection']})",
         f"encoders:  {p['encoders']}",
         f"tags:      {p['tags']}",

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from temarec.config import RESUMABLE_SETTINGS, Config
-from temarec.data.dataset import Dataset
+from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
 from temarec.evaluation import evaluate, selection_score
 from temarec.fileio import atomic_write, write_json_atomic
 from temarec.models.base import ModelContext, SequentialModel, pad_histories
@@ -174,6 +174,8 @@ def protocol_info(dataset: Dataset, cfg: Config, model: SequentialModel) -> dict
         "data": dataset.describe(),
         "dataset_dir": str(dataset.root.resolve()),
         "negatives": dataset.manifest["negatives"]["per_instance"],
+        "negatives_preset": cfg.eval.negatives,
+        "negatives_rule": NEGATIVE_PRESETS[cfg.eval.negatives],
         "negative_seed": dataset.manifest["negatives"]["seed"],
         "selection": "best validation sampled MRR (mean over domains)",
         "encoders": sources["encoders"],
@@ -342,7 +344,10 @@ def load_run(run_dir: str | Path) -> tuple[SequentialModel, Dataset, Config]:
     return model, dataset, cfg
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, split: str = "test", negatives: str | None = None) -> dict[str, Any]:
+    """Re-score a run on ``split``; ``negatives`` names another negatives preset than the run's own."""
     model, dataset, cfg = load_run(run_dir)
+    if negatives is not None:
+        cfg = cfg.replace(**{"eval.negatives": negatives})
     return {"protocol": protocol_info(dataset, cfg, model),
             split: evaluate(model, dataset, split, cfg.eval, cfg.data.max_len)}

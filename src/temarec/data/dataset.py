@@ -8,8 +8,11 @@ Layout (all written atomically: into a temporary sibling folder, then renamed)::
     DIR/train.parquet        user, items (list<int32> internal idx, time order), ts (list<int64>)
     DIR/valid.parquet        user, history (list<int32>), history_ts (list<int64>), target (int32),
     DIR/test.parquet         target_ts (int64), domain (int8: 0 or 1, the target's domain)
-    DIR/negatives/valid.npy  (n_valid, num_negatives) int32: the sampled protocol's negatives, drawn once
-    DIR/negatives/test.npy   (n_test, num_negatives) int32
+    DIR/negatives/PRESET/valid.npy  (n_valid, num_negatives) int32: the sampled protocol's negatives of one
+    DIR/negatives/PRESET/test.npy   preset (c2dsr, abxi; see NEGATIVE_PRESETS), drawn once, both stored
+
+A folder written before the presets existed holds only ``negatives/{valid,test}.npy``: those are read as the
+``c2dsr`` preset, and the ``abxi`` preset is drawn in memory on first use (``temarec negatives`` stores it).
 
 Internal indices never leave the library: public APIs speak the ``item`` column.
 """
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -27,7 +31,14 @@ import pandas as pd
 
 from temarec.fileio import atomic_dir
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
+# eval.negatives: how the sampled protocol's negatives of a valid/test instance are drawn
+NEGATIVE_PRESETS = {
+    "c2dsr": "uniform over the target's domain, with replacement, excluding only the target (C2DSR)",
+    "abxi": "distinct items of the target's domain, none of them the target or in the user's history (ABXI)",
+}
 SPLITS = ("train", "valid", "test")
 EVAL_SPLITS = ("valid", "test")
 ITEM_COLUMNS = ("item", "domain", "title", "description", "image")
@@ -55,6 +66,7 @@ class Dataset:
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
+    drawn_negatives: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def domains(self) -> tuple[str, str]:
@@ -87,10 +99,28 @@ class Dataset:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         return getattr(self, name)
 
-    def negatives(self, split: str) -> np.ndarray:
+    def negatives(self, split: str, preset: str = "c2dsr") -> np.ndarray:
+        """(n_split, num_negatives) internal idx: the stored negatives of ``preset`` for ``split``.
+
+        A folder without the preset stored (written before presets existed) gets it drawn in memory once per
+        Dataset object, from the same seed, so the draw equals what ``temarec negatives`` would store.
+        """
         if split not in EVAL_SPLITS:
             raise ValueError(f"negatives exist for {EVAL_SPLITS}, not {split!r}")
-        return np.load(self.root / "negatives" / f"{split}.npy", allow_pickle=False)
+        check_negative_preset(preset)
+        for path in (self.root / "negatives" / preset / f"{split}.npy",
+                     *([self.root / "negatives" / f"{split}.npy"] if preset == "c2dsr" else [])):
+            if path.is_file():
+                return np.load(path, allow_pickle=False)
+        if preset == "c2dsr":  # drawn in one stream over all rows by prepare: cannot be redrawn row by row
+            raise DataError(f"no stored c2dsr negatives for {split}; re-run `temarec prepare`", self.root)
+        if (split, preset) not in self.drawn_negatives:
+            log.info("%s holds no %s negatives for %s; drawing them in memory (store them once with "
+                     "`temarec negatives --dataset %s`)", self.root, preset, split, self.root)
+            spec = self.manifest["negatives"]
+            self.drawn_negatives[(split, preset)] = draw_abxi_negatives(
+                self.split(split), split, self.domain_sizes, int(spec["per_instance"]), int(spec["seed"]))
+        return self.drawn_negatives[(split, preset)]
 
     def item_lookup(self) -> dict[str, int]:
         """The data's item id -> internal idx."""
@@ -148,6 +178,65 @@ def draw_negatives(targets: np.ndarray, target_domains: np.ndarray, sizes: Seque
     return out
 
 
+def check_negative_preset(preset: str) -> None:
+    if preset not in NEGATIVE_PRESETS:
+        raise ValueError(f"unknown negatives preset {preset!r}; choose one of {', '.join(NEGATIVE_PRESETS)} "
+                         "(eval.negatives)")
+
+
+def draw_abxi_negatives(frame: pd.DataFrame, split: str, sizes: Sequence[int], num: int, seed: int) -> np.ndarray:
+    """ABXI protocol: ``num`` distinct items of the target's domain, none in the user's history or the target.
+
+    Each row draws from its own generator, seeded by (seed, split, user, target), so the draw does not depend
+    on the order of the rows (nor on the order of the input file they came from).
+    """
+    out = np.empty((len(frame), num), dtype=np.int32)
+    offsets = (0, sizes[0])
+    for row, (user, history, target, d) in enumerate(zip(frame["user"], frame["history"], frame["target"],
+                                                          frame["domain"])):
+        d = int(d)
+        seen = np.asarray(history, dtype=np.int64) - offsets[d]
+        seen = seen[(seen >= 0) & (seen < sizes[d])]  # the history's items of the target's domain (local ids)
+        allowed = np.ones(sizes[d], dtype=bool)
+        allowed[seen] = False
+        allowed[int(target) - offsets[d]] = False
+        candidates = np.flatnonzero(allowed)
+        if len(candidates) < num:
+            raise DataError(f"user {user!r} ({split}): only {len(candidates)} items of the target's domain are "
+                            f"outside the history, the abxi preset needs {num} distinct negatives; lower "
+                            "data.num_negatives or use eval.negatives=c2dsr")
+        key = hashlib.sha256(f"{seed}|{split}|{user}|{int(target)}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(key[:16], "little"))
+        out[row] = rng.choice(candidates, size=num, replace=False) + offsets[d]
+    return out
+
+
+def write_negatives(root: str | Path, presets: Sequence[str] = tuple(NEGATIVE_PRESETS)) -> list[str]:
+    """Store the negatives of ``presets`` missing from a dataset folder (each file atomically); returns those
+    written. The legacy ``negatives/{split}.npy`` of an older folder is copied to ``negatives/c2dsr/``."""
+    ds = Dataset.load(root)
+    written = []
+    for preset in presets:
+        check_negative_preset(preset)
+        for split in EVAL_SPLITS:
+            path = ds.root / "negatives" / preset / f"{split}.npy"
+            if path.is_file():
+                continue
+            save_npy_atomic(path, ds.negatives(split, preset))
+            written.append(f"{preset}/{split}")
+    return written
+
+
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    from temarec.fileio import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temporary name
+            np.save(fh, arr)
+
+    atomic_write(path, write)
+
+
 def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame,
                   test: pd.DataFrame, domains: Sequence[str], train_source: str, source: dict[str, Any],
                   num_negatives: int = 999, negative_seed: int = 2022, name: str | None = None,
@@ -160,9 +249,17 @@ def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame,
     sizes = [int((items["domain"] == d).sum()) for d in domains]
     rng = np.random.default_rng(negative_seed)
     negatives = {
-        s: draw_negatives(frame["target"].to_numpy(), frame["domain"].to_numpy(), sizes, num_negatives, rng)
+        ("c2dsr", s): draw_negatives(frame["target"].to_numpy(), frame["domain"].to_numpy(), sizes, num_negatives,
+                                     rng)
         for s, frame in (("valid", valid), ("test", test))
     }
+    presets = dict(NEGATIVE_PRESETS)
+    try:
+        negatives.update({("abxi", s): draw_abxi_negatives(frame, s, sizes, num_negatives, negative_seed)
+                          for s, frame in (("valid", valid), ("test", test))})
+    except DataError as exc:  # a domain too small for distinct negatives outside the history: c2dsr only
+        log.warning("abxi negatives not stored: %s", exc)
+        presets["abxi"] = f"not available for this data: {exc}"
     has_text = items["title"].fillna("").str.strip().ne("") | items["description"].fillna("").str.strip().ne("")
     users = pd.concat([train["user"], valid["user"], test["user"]]).nunique()
     manifest = {
@@ -180,16 +277,17 @@ def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame,
         "train_source": train_source,
         "titles_coverage": {d: round(float(has_text[items["domain"] == d].mean()), 4) for d in domains},
         "negatives": {"per_instance": num_negatives, "seed": negative_seed,
-                      "rule": "uniform over the target's domain, excluding only the target"},
+                      "rule": "uniform over the target's domain, excluding only the target",
+                      "presets": presets},
         "source": source,
     }
     with atomic_dir(root) as tmp:
         items.reset_index(drop=True).to_parquet(tmp / "items.parquet", index=False)
         for s, frame in (("train", train), ("valid", valid), ("test", test)):
             frame.reset_index(drop=True).to_parquet(tmp / f"{s}.parquet", index=False)
-        (tmp / "negatives").mkdir()
-        for s, arr in negatives.items():
-            np.save(tmp / "negatives" / f"{s}.npy", arr)
+        for (preset, s), arr in negatives.items():
+            (tmp / "negatives" / preset).mkdir(parents=True, exist_ok=True)
+            np.save(tmp / "negatives" / preset / f"{s}.npy", arr)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
 
