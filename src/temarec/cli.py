@@ -20,6 +20,23 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def _port(text: str) -> int:
+    port = _positive(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {port}")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _config(args: argparse.Namespace):
     return load_config(args.config, args.set)
 
@@ -175,6 +192,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         note += f"; unknown ids skipped: {', '.join(result.unknown_items)}"
     if result.fallback:
         note += f"; no known item in the history: {result.fallback} fallback"
+    elif not result.items:
+        note += f"; every {args.domain} item is in the history: nothing left to recommend (--include-seen allows them)"
     print(note + "\n")
     width = max([len("item")] + [len(r["item"]) for r in result])
     print(f"{'rank':>4}  {'item':<{width}}  {'score':>10}  title")
@@ -291,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by `temarec train`")
     p.add_argument("--history", default="", help="comma-separated item ids, oldest first (empty: popularity)")
     p.add_argument("--domain", required=True, help="domain to recommend from, by its data name (e.g. Kitchen)")
-    p.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    p.add_argument("-k", type=_positive, default=10, help="number of items (default 10)")
     p.add_argument("--include-seen", action="store_true", help="allow items already in the history")
     p.add_argument("--strict", action="store_true", help="fail on unknown item ids instead of skipping them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -300,12 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP service over a trained run (FastAPI; pip install 'temarec[serve]')")
     p.add_argument("--run", required=True, help="run folder written by `temarec train`")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default 1: fastest for single requests)")
-    p.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for (default 100)")
-    p.add_argument("--max-history", type=int, default=1000, help="most items per history (default 1000)")
-    p.add_argument("--max-batch", type=int, default=256, help="most histories per batch request (default 256)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1..65535 (default 8000)")
+    p.add_argument("--threads", type=_positive, help="torch intra-op threads (default 1: fastest for single requests)")
+    p.add_argument("--max-k", type=_positive, default=100, help="largest k a request may ask for (default 100)")
+    p.add_argument("--max-history", type=_positive, default=1000, help="most items per history (default 1000)")
+    p.add_argument("--max-batch", type=_positive, default=256, help="most histories per batch request (default 256)")
+    p.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 

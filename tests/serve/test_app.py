@@ -30,9 +30,26 @@ def test_timestamped_events_and_the_batch_form(client):
     assert second["fallback"] == "popularity" and len(second["items"]) == 2
 
 
-def test_unknown_ids_under_strict_are_a_422_that_lists_them(client):
+def test_unknown_ids_under_strict_are_a_404_that_lists_them(client):
     r = client("sasrec").post("/recommend", json={"history": ["F00001", "bad-1"], "domain": "Food", "strict": True})
-    assert r.status_code == 422 and r.json()["unknown_items"] == ["bad-1"] and "bad-1" in r.json()["detail"]
+    assert r.status_code == 404 and r.json()["unknown_items"] == ["bad-1"] and "bad-1" in r.json()["detail"]
+
+
+def test_a_history_holding_every_item_of_the_domain_gets_an_empty_answer_over_http(client, recommender):
+    kitchen = recommender("sasrec").item_ids("Kitchen")
+    body = client("sasrec").post("/recommend", json={"history": kitchen, "domain": "Kitchen", "k": 3}).json()
+    assert body["items"] == [] and body["fallback"] is None and body["history_used"] > 0
+
+
+@pytest.mark.parametrize("field, value", [
+    ("k", True), ("k", "5"), ("k", 2.5), ("explain", 0), ("exclude_seen", "yes"), ("strict", 1),
+    ("history", [True]), ("history", [{"item": "F00001", "ts": "5"}]), ("history", [{"item": False, "ts": 1}]),
+])
+def test_request_types_are_strict_as_the_schema_says(client, field, value):
+    body = {"history": HISTORY, "domain": "Food", "k": 3, field: value}
+    r = client("sasrec").post("/recommend", json=body)
+    assert r.status_code == 422, r.text
+    assert all(e["loc"][:3] == ["body", "single", field] for e in r.json()["detail"]), r.text
 
 
 def test_tema_explanations_come_through_http(client):
@@ -57,7 +74,7 @@ def test_items_health_metadata_and_openapi(client):
 @pytest.mark.parametrize("body, status, hint", [
     ({"history": HISTORY, "domain": "Food", "k": 0}, 422, "greater than or equal to 1"),
     ({"history": HISTORY, "domain": "Food", "k": 10**6}, 422, "less than or equal to 50"),
-    ({"history": HISTORY, "domain": "Food", "k": "ten"}, 422, "valid integer"),
+    ({"history": HISTORY, "domain": "Food", "k": "ten"}, 422, "must be a JSON integer"),
     ({"history": HISTORY, "domain": "Garden"}, 422, "'Food' or 'Kitchen'"),
     ({"history": "F00001", "domain": "Food"}, 422, "valid list"),
     ({"history": [["F00001"]], "domain": "Food"}, 422, "history"),

@@ -58,6 +58,21 @@ def test_a_history_without_known_items_falls_back_to_training_popularity(recomme
     assert counts == sorted(counts, reverse=True) and counts == [r["score"] for r in result]
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_history_holding_every_item_of_the_domain_gets_an_empty_answer_not_seen_items(recommender, model):
+    """Issue 17 #1: nothing is left once seen items go; that is the answer, not a popularity fallback that
+    recommends items of the history and says the history held no known item."""
+    rec = recommender(model)
+    kitchen = rec.item_ids("Kitchen")
+    result = rec.recommend(["F00001", *kitchen], "Kitchen", k=5)
+    assert result.item_ids == [] and result.fallback is None
+    assert result.history_used == min(len(kitchen) + 1, rec.max_len)
+    nearly = rec.recommend(kitchen[1:], "Kitchen", k=5)  # one item left: that one, from the model
+    assert nearly.item_ids == [kitchen[0]] and nearly.fallback is None
+    batch = rec.recommend_batch([kitchen, [], kitchen], "Kitchen", k=3)
+    assert [r.item_ids for r in batch][::2] == [[], []] and [r.fallback for r in batch] == [None, "popularity", None]
+
+
 def test_timestamped_history_is_sorted_by_time_and_ties_keep_their_order(recommender):
     rec = recommender("sasrec")
     events = [("F01003", 30), ("F00001", 10), ("K01002", 20), ("K01004", 30)]  # F01003 and K01004 tie at 30

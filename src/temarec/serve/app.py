@@ -6,9 +6,17 @@
     GET  /metadata         model, data, protocol, tag source, test metrics of the run
     GET  /docs, /openapi.json
 
-The model is loaded once, when the app is built. Bad input always gets a 4xx whose ``detail`` says what to fix:
-422 for a body that fails validation (types, k outside 1..max_k, history too long, unknown domain, unknown
-ids under ``strict``), 404 for an unknown item, 413 for a body over ``max_body_bytes``.
+The model is loaded once, when the app is built. Bad input always gets a 4xx whose ``detail`` says what to fix,
+and every status the service answers is in its OpenAPI schema:
+
+    400  a Content-Length that is not an integer
+    404  an unknown item: GET /items/{id}, or history ids the data does not know under ``"strict": true``
+    413  a body over ``max_body_bytes``
+    422  a body that fails validation: not JSON, wrong types, k outside 1..max_k, history too long, unknown domain
+
+Request types are strict, as the schema says: ``k`` is a JSON integer (not ``true``, not ``"5"``), the flags
+are ``true``/``false`` (not ``0``, not ``"yes"``), item ids are strings or integers (not ``true``) and
+timestamps finite numbers.
 Inference runs on the event loop thread, one request at a time: a request takes milliseconds, and serial
 inference keeps torch's intra-op threads from competing with each other.
 """
@@ -118,29 +126,35 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, StrictBool, StrictStr, Tag
 
     limits = limits or Limits()
     rec = recommender if isinstance(recommender, Recommender) else Recommender.load(recommender, threads=threads)
     DomainName = Literal[rec.domains]  # type: ignore[valid-type]  # OpenAPI lists the served domains
 
+    # pydantic's lax mode would take true for 1, "5" for 5 and 0 for false: the schema says integer, number,
+    # boolean, and so does validation (an integral float such as 5.0 is a JSON Schema integer and passes)
+    Integer = Annotated[int, BeforeValidator(_json_integer)]
+    Number = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
+    ItemId = Annotated[Union[StrictStr, int], BeforeValidator(_item_id)]
+
     class Event(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        item: Union[str, int] = Field(description="the data's item id")
-        ts: float = Field(description="timestamp; events are sorted by it (stable)", allow_inf_nan=False)
+        item: ItemId = Field(description="the data's item id")
+        ts: Number = Field(description="timestamp; events are sorted by it (stable)")
 
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", json_schema_extra={
             "examples": [{"history": ["item-1", "item-2"], "domain": rec.domains[1], "k": 10}]})
-        history: Union[Annotated[list[Union[str, int]], Field(max_length=limits.max_history)],
+        history: Union[Annotated[list[ItemId], Field(max_length=limits.max_history)],
                        Annotated[list[Event], Field(max_length=limits.max_history)]] = Field(
             description=f"the data's item ids in time order, or [{{item, ts}}] events (sorted by ts); at most "
                         f"{limits.max_history} items; empty = popularity fallback")
         domain: DomainName = Field(description="domain to recommend from")  # type: ignore[valid-type]
-        k: int = Field(10, ge=1, le=limits.max_k, description=f"number of items, 1..{limits.max_k}")
-        exclude_seen: bool = Field(True, description="leave out items already in the history")
-        strict: bool = Field(False, description="reject unknown item ids (422) instead of skipping them")
-        explain: bool = Field(True, description="attach explanations when the model gives them (TEMA)")
+        k: Integer = Field(10, ge=1, le=limits.max_k, description=f"number of items, 1..{limits.max_k}")
+        exclude_seen: StrictBool = Field(True, description="leave out items already in the history")
+        strict: StrictBool = Field(False, description="reject unknown item ids (404) instead of skipping them")
+        explain: StrictBool = Field(True, description="attach explanations when the model gives them (TEMA)")
 
     class BatchRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -163,13 +177,26 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
     class BatchResponse(BaseModel):
         results: list[RecommendResponse]
 
+    class ErrorResponse(BaseModel):
+        detail: Union[str, list[dict[str, Any]]] = Field(
+            description="what is wrong and what to do; for a 422 from validation, one entry per problem "
+                        "(loc, msg, type)")
+        unknown_items: list[str] | None = Field(None, description="404 under strict: the unknown history ids")
+
+    def _error(description: str) -> dict[str, Any]:
+        return {"model": ErrorResponse, "description": description}
+
+    every_route = {400: _error("Content-Length is not an integer"),
+                   413: _error(f"request body over {limits.max_body_bytes:,} bytes")}
+
     def _kind(body: Any) -> str:
         return "batch" if isinstance(body, dict) and "requests" in body else "single"
 
     AnyRequest = Annotated[Union[Annotated[RecommendRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
                            Discriminator(_kind)]
 
-    app = FastAPI(title="temarec", version="1", summary=f"{rec.model_name} recommendations on {rec.dataset_name}")
+    app = FastAPI(title="temarec", version="1", summary=f"{rec.model_name} recommendations on {rec.dataset_name}",
+                  responses=every_route)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     app.state.recommender, app.state.limits = rec, limits
 
@@ -180,7 +207,9 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
 
     @app.exception_handler(RecommendError)
     async def _bad_request(request: Request, exc: RecommendError) -> JSONResponse:
-        status = 404 if request.url.path.startswith("/items/") else 422
+        # an unknown item is a 404 wherever it is named: the schema cannot say which ids exist, so a request
+        # that is valid by the schema gets "not found", not "invalid" (422)
+        status = 404 if request.url.path.startswith("/items/") or isinstance(exc, UnknownItemsError) else 422
         body: dict[str, Any] = {"detail": str(exc)}
         if isinstance(exc, UnknownItemsError):
             body["unknown_items"] = exc.items
@@ -204,7 +233,9 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
         return results  # type: ignore[return-value]
 
     @app.post("/recommend", response_model=Union[RecommendResponse, BatchResponse],
-              summary="top-k items of a domain for one history, or for a batch of them")
+              summary="top-k items of a domain for one history, or for a batch of them",
+              responses={404: _error('"strict": true and the history names item ids the data does not know'),
+                         422: _error("the body is not JSON, or fails the request schema")})
     async def recommend(body: Annotated[AnyRequest, Body()]) -> Response:
         if isinstance(body, BatchRequest):
             answer: dict[str, Any] = {"results": [r.to_dict() for r in _answer(body.requests)]}
@@ -218,7 +249,8 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
             payload = json.dumps(_finite(answer), allow_nan=False, separators=(",", ":"))
         return Response(payload, media_type="application/json")
 
-    @app.get("/items/{item_id:path}", summary="one item of the catalogue")
+    @app.get("/items/{item_id:path}", summary="one item of the catalogue",
+             responses={404: _error("unknown item id"), 422: _error("malformed path")})
     async def item(item_id: str) -> dict[str, Any]:
         try:
             return rec.item(item_id)
@@ -234,6 +266,24 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
         return _finite(rec.metadata() | {"limits": dataclasses.asdict(limits)})
 
     return app
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be a JSON integer, not {json.dumps(value)}")
+    return value
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be a JSON number, not {json.dumps(value)}")
+    return value
+
+
+def _item_id(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"item ids are strings or integers, not {json.dumps(value)}")
+    return value
 
 
 def _finite(obj: Any) -> Any:

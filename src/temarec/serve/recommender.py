@@ -197,7 +197,9 @@ class Recommender:
                 for r, rec in zip(rows, self._rank(d, [resolved[r][0] for r in rows], k, exclude_seen, explain)):
                     results[r] = rec
         for r, (idx, unknown) in enumerate(resolved):
-            rec = results[r] or self._popular_top(doms[r], k)
+            # an empty answer is an answer: a history that already holds every item of the domain leaves nothing
+            # to recommend once seen items go; only a history with no known item falls back to popularity
+            rec = results[r] if results[r] is not None else self._popular_top(doms[r], k)
             rec.unknown_items = unknown
             results[r] = rec
         return results  # type: ignore[return-value]
