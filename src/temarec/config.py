@@ -133,8 +133,8 @@ class ModelConfig:
     head_loss: str = "mixture"
 
     def __post_init__(self) -> None:
-        _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema"},
-               f"model.name must be one of random, pop, gru4rec, sasrec, tema; got {self.name!r}")
+        _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema", "c2dsr"},
+               f"model.name must be one of random, pop, gru4rec, sasrec, tema, c2dsr; got {self.name!r}")
         _check(self.dim >= 1 and self.layers >= 1 and self.heads >= 1, "model.dim/layers/heads must be >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")

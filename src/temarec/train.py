@@ -47,6 +47,7 @@ MODELS = {
     "gru4rec": "temarec.models.gru4rec:GRU4Rec",
     "sasrec": "temarec.models.sasrec:SASRec",
     "tema": "temarec.models.tema:TEMA",
+    "c2dsr": "temarec.models.c2dsr:C2DSR",
 }
 
 
