@@ -46,6 +46,9 @@ def _unsupported(model_name: str) -> ExportError:
     elif model_name == "tema":
         why = ("tema combines several sequence views and modalities per domain, which one state vector and one "
                "item matrix cannot express, so ONNX export is not supported")
+    elif model_name == "c2dsr":
+        why = ("c2dsr scores a domain with two encoders (merged and single-domain) and a per-item bias; the "
+               "exporter does not write that form yet")
     else:
         why = f"{model_name} has no state @ item-matrix form"
     return ExportError(f"cannot export {model_name}: {why}; exportable models: {', '.join(FACTORIZABLE)}. "
