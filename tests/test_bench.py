@@ -92,7 +92,7 @@ def test_results_md_has_both_protocol_tables_every_model_and_domain(benched):
     assert "generated-world" in md and "seeds: 2 (0, 1)" in md and "encoders" in md and "tags" in md
     assert "negatives preset c2dsr" in md and "preset c2dsr)" in md  # the sampled tables name their preset
     for model in MODELS:
-        assert f"| {model} | 2 |" in md
+        assert f"| {model} | 2 |" in md or f"| {model} † | 2 |" in md
     for domain in ("Food", "Kitchen"):
         for metric in ("MRR", "NDCG@5", "NDCG@10"):
             assert f"{domain} {metric}" in md
@@ -156,3 +156,43 @@ def test_unfinished_run_is_replaced_and_new_seed_added(world, tmp_path):
     assert set(results["results"]["random"]["seeds"]) == {"0"}  # kept from the first call
     md = (out / "results.md").read_text()
     assert "seeds: 1 (0); 2 (0, 1)" in md
+
+
+def test_runs_keep_per_instance_ranks_that_reproduce_their_metrics(benched):
+    from temarec.significance import read_ranks
+
+    run = bench.run_dir(benched, "sasrec", 0)
+    ranks = read_ranks(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for d, (domain, m) in enumerate(metrics[split]["sampled"].items()):
+            part = ranks[(ranks["split"] == split) & (ranks["domain"] == d)]
+            assert len(part) == m["n"]
+            assert (1.0 / part["sampled"]).mean() == pytest.approx(m["mrr"])
+            assert (1.0 / part["full"]).mean() == pytest.approx(metrics[split]["full"][domain]["mrr"])
+
+
+def test_results_carry_the_paired_test_against_the_best_other_model(benched):
+    results = json.loads((benched / "results.json").read_text())
+    for protocol in ("sampled", "full"):
+        for domain, by_model in results["significance"][protocol].items():
+            best = max(MODELS, key=lambda m: results["results"][m]["mean"]["test"][protocol][domain]["mrr"])
+            other = next(m for m in MODELS if m != best)
+            assert by_model[best]["against"] == other and by_model[other]["against"] == best
+            assert by_model[best]["seeds"] == list(SEEDS)
+            assert 0.0 <= by_model[best]["across_seeds"]["p"] <= 1.0
+            assert by_model[best]["across_seeds"]["mean_diff"] == pytest.approx(
+                -by_model[other]["across_seeds"]["mean_diff"])
+            slices = results["slices"][protocol][domain][best]
+            assert slices["cold"]["n"] + slices["warm"]["n"] == \
+                results["results"][best]["seeds"]["0"]["test"][protocol][domain]["n"]
+    md = (benched / "results.md").read_text()
+    assert "## Is the difference real? (test split)" in md and "## Test MRR by slice" in md
+
+
+def test_runs_capped_while_improving_are_marked(benched):
+    # two epochs with patience 10: early stopping never had a chance, so every trained run is marked
+    results = json.loads((benched / "results.json").read_text())
+    assert results["results"]["sasrec"]["still_improving_seeds"] == list(SEEDS)
+    assert results["results"]["pop"]["still_improving_seeds"] == []
+    assert "| sasrec † |" in (benched / "results.md").read_text()

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from temarec.config import RUNTIME_SETTINGS, Config
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
+from temarec.significance import SLICES, format_p, read_ranks, significance_report, slices_report
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,43 @@ def summarise(out_dir: str | Path) -> dict[str, Any]:
         metrics = {seed: json.loads((path / "metrics.json").read_text()) for seed, path in by_seed.items()}
         results["protocol"][name] = _variant_protocol(name, metrics)
         results["results"][name] = aggregate(metrics)
+        results["results"][name]["still_improving_seeds"] = [s for s, path in by_seed.items()
+                                                             if _stopped_while_improving(path, metrics[s])]
+    results.update(_significance(runs, results))
     write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     write_text_atomic(out / "results.md", format_results(results))
     plot_metrics(results, out / "metrics.png")
     plot_curves(runs, out / "curves.png")
     log.info("wrote %s, %s and plots", out / "results.json", out / "results.md")
     return results
+
+
+def _stopped_while_improving(run: Path, metrics: dict[str, Any]) -> bool:
+    """True when training ended (epoch cap or time budget) before early stopping could: its best validation
+    epoch lies within ``train.patience`` of its last epoch, so more epochs might still have helped."""
+    epochs = metrics.get("timing", {}).get("epochs", 0)
+    if not epochs or not (run / "config.json").is_file():
+        return False
+    patience = json.loads((run / "config.json").read_text())["train"]["patience"]
+    return epochs - int(metrics.get("selected_epoch") or 0) < patience
+
+
+def _significance(runs: dict[str, dict[int, Path]], results: dict[str, Any]) -> dict[str, Any]:
+    """The paired tests against the best other model and the test-set slices, over runs that kept their ranks."""
+    frames = {}
+    for name, by_seed in runs.items():
+        kept = {seed: read_ranks(path) for seed, path in by_seed.items()}
+        kept = {seed: f for seed, f in kept.items() if f is not None}
+        if kept:
+            frames[name] = kept
+    if not frames:
+        return {}
+    first = next(iter(results["results"].values()))["mean"]["test"]
+    domains = list(first["sampled"])
+    mean_mrr = {p: {d: {name: r["mean"]["test"][p][d]["mrr"] for name, r in results["results"].items()}
+                    for d in domains} for p in PROTOCOLS}
+    return {"significance": significance_report(frames, mean_mrr, domains, PROTOCOLS),
+            "slices": slices_report(frames, domains, PROTOCOLS)}
 
 
 def _finished_runs(out: Path) -> dict[str, dict[int, Path]]:
@@ -216,7 +248,8 @@ def format_table(results: dict[str, Any], split: str, protocol: str) -> str:
     for name, r in variants.items():
         cells = [_cell(r["mean"][split][protocol][d][m], r["std"][split][protocol][d][m])
                  for d in domains for m in TABLE_METRICS]
-        lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+        mark = " †" if r.get("still_improving_seeds") else ""
+        lines.append(f"| {name}{mark} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -250,6 +283,13 @@ def format_results(results: dict[str, Any]) -> str:
         lines += ["", f"## Test, {titles[protocol]}", "", format_table(results, "test", protocol)]
     for protocol in PROTOCOLS:
         lines += ["", f"## Validation, {titles[protocol]}", "", format_table(results, "valid", protocol)]
+    improving = {n: r["still_improving_seeds"] for n, r in variants.items() if r.get("still_improving_seeds")}
+    if improving:
+        lines += ["", "† still improving when training ended (epoch cap or time budget before early stopping: the "
+                  "best validation epoch lies within train.patience of the last one), seeds: "
+                  + "; ".join(f"{n} {', '.join(map(str, s))}" for n, s in improving.items())
+                  + ". Its row understates what longer training gives."]
+    lines += _format_significance(results)
     lines += ["", "## Timing", "", "| model | epochs (mean) | selected epochs | epoch s (median) | train s (mean) "
               "| peak RSS MB (max) |", "|---|---|---|---|---|---|"]
     for name, r in variants.items():
@@ -257,6 +297,41 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {t['epochs_mean']:.1f} | {', '.join(map(str, t['selected_epochs']))} "
                      f"| {t['epoch_s_median']:.2f} | {t['train_s_mean']:.1f} | {t['peak_rss_mb_max']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _format_significance(results: dict[str, Any]) -> list[str]:
+    """The paired tests and the slices of results.json as markdown sections (empty without per-instance ranks)."""
+    if not results.get("significance"):
+        return []
+    lines = ["", "## Is the difference real? (test split)", "",
+             "Each model against the best other model of the domain (highest mean test MRR): paired two-sided "
+             "Wilcoxon signed-rank test on per-instance reciprocal ranks, per seed and across seeds (each "
+             "instance's reciprocal rank averaged over the seeds both ran). ΔMRR = model − other, in points.", "",
+             "| protocol | domain | model | against | ΔMRR (across seeds) | p (across seeds) | p per seed |",
+             "|---|---|---|---|---:|---:|---|"]
+    for protocol, by_domain in results["significance"].items():
+        for domain, by_model in by_domain.items():
+            for model, r in by_model.items():
+                a = r["across_seeds"]
+                per = ", ".join(f"{s}: {format_p(v['p'])}" for s, v in r["per_seed"].items())
+                lines.append(f"| {protocol} | {domain} | {model} | {r['against']} | {100 * a['mean_diff']:+.2f} "
+                             f"| {format_p(a['p'])} | {per} |")
+    slices = results["slices"]
+    names = list(SLICES)
+    lines += ["", "## Test MRR by slice (%, mean over seeds; n = instances)", "",
+              "cold: the target never occurs in training; own-domain history: the history holds an item of the "
+              "target's domain.", "",
+              "| protocol | domain | model | " + " | ".join(names) + " |", "|---|---|---|" + "---:|" * len(names)]
+    for protocol, by_domain in slices.items():
+        for domain, by_model in by_domain.items():
+            for model, cells in by_model.items():
+                row = " | ".join(f"{_pct(cells[n]['mrr'])} (n={cells[n]['n']:,})" for n in names)
+                lines.append(f"| {protocol} | {domain} | {model} | {row} |")
+    return lines
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
 def _presets(protocols: dict[str, Any]) -> str:

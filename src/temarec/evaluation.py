@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from temarec.config import EvalConfig
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
 from temarec.models.base import SequentialModel, pad_histories
+from temarec.significance import instance_frame
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,26 @@ def metrics_from_split_ranks(ranks: Ranks, domains: Sequence[str], cfg: EvalConf
 
 def evaluate(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> dict[str, Any]:
     return metrics_from_split_ranks(rank_split(model, dataset, split, cfg, max_len), dataset.domains, cfg)
+
+
+def evaluate_with_ranks(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig,
+                        max_len: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """``evaluate``'s metrics and the per-instance ranks behind them (the layout of a run's ranks.parquet)."""
+    ranks = rank_split(model, dataset, split, cfg, max_len)
+    return metrics_from_split_ranks(ranks, dataset.domains, cfg), instance_ranks(ranks, dataset, split)
+
+
+def instance_ranks(ranks: Ranks, dataset: Dataset, split: str) -> pd.DataFrame:
+    """Per-instance ranks with what the significance slices need: is the target cold (absent from every
+    training sequence), and does the history hold an item of the target's domain."""
+    frame = dataset.split(split)
+    seen = np.zeros(dataset.n_items, dtype=bool)
+    for seq in dataset.train["items"]:
+        seen[np.asarray(seq, dtype=np.int64)] = True
+    cold = ~seen[frame["target"].to_numpy().astype(np.int64)]
+    own = np.array([bool(np.any(dataset.domain_of(np.asarray(h, dtype=np.int64)) == d))
+                    for h, d in zip(frame["history"], ranks.domain)], dtype=bool)
+    return instance_frame(split, ranks.domain, ranks.sampled, ranks.full, cold, own)
 
 
 def selection_score(split_metrics: dict[str, Any]) -> float:

@@ -43,6 +43,11 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
+def write_parquet_atomic(path: str | Path, frame: Any) -> None:
+    """A pandas DataFrame as Parquet (no index), written atomically."""
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Fill the yielded temporary sibling folder; on success it replaces ``path``, on failure it is removed."""

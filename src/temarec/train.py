@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from temarec.config import RESUMABLE_SETTINGS, Config
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
-from temarec.evaluation import evaluate, selection_score
-from temarec.fileio import atomic_write, write_json_atomic
+from temarec.evaluation import evaluate, evaluate_with_ranks, selection_score
+from temarec.fileio import atomic_write, write_json_atomic, write_parquet_atomic
+from temarec.significance import RANKS_FILE
 from temarec.models.base import ModelContext, SequentialModel, pad_histories
 
 log = logging.getLogger(__name__)
@@ -218,8 +220,10 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     else:
         _save_atomic_tensors(_state_tensors(model), out / "model.safetensors")
     train_s = time.perf_counter() - t0
-    valid = evaluate(model, dataset, "valid", cfg.eval, cfg.data.max_len)
-    test = evaluate(model, dataset, "test", cfg.eval, cfg.data.max_len)  # once, for the selected checkpoint
+    valid, valid_ranks = evaluate_with_ranks(model, dataset, "valid", cfg.eval, cfg.data.max_len)
+    # test: once, for the selected checkpoint
+    test, test_ranks = evaluate_with_ranks(model, dataset, "test", cfg.eval, cfg.data.max_len)
+    write_parquet_atomic(out / RANKS_FILE, pd.concat([valid_ranks, test_ranks], ignore_index=True))
     metrics = {
         "protocol": info,
         "selected_epoch": best["epoch"],

@@ -1,0 +1,82 @@
+"""Paired tests on reciprocal ranks and the cold/warm, own-domain-history slices, against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from temarec.significance import (best_other, compare, instance_frame, significance_report, slice_mrr,
+                                  wilcoxon_rr)
+
+
+def test_identical_ranks_have_nothing_to_test():
+    out = wilcoxon_rr(np.array([1, 2, 3]), np.array([1, 2, 3]))
+    assert out == {"n": 3, "n_nonzero": 0, "mean_diff": 0.0, "p": 1.0}
+
+
+def test_six_wins_out_of_six_is_the_exact_two_sided_p():
+    # every pair favours a, all |differences| distinct: the exact null puts 1/2^6 on each tail
+    a = np.array([1, 1, 1, 1, 1, 1])
+    b = np.array([2, 3, 4, 5, 6, 7])
+    out = wilcoxon_rr(a, b)
+    assert out["p"] == pytest.approx(2 / 2 ** 6)
+    assert out["mean_diff"] == pytest.approx(np.mean(1 - 1 / b))
+    swapped = wilcoxon_rr(b, a)
+    assert swapped["p"] == pytest.approx(out["p"]) and swapped["mean_diff"] == pytest.approx(-out["mean_diff"])
+
+
+def test_unpaired_shapes_are_refused():
+    with pytest.raises(ValueError, match="same instances"):
+        wilcoxon_rr(np.array([1, 2]), np.array([1, 2, 3]))
+
+
+def _frames(ranks_by_seed, domain=None, cold=None, own=None):
+    out = {}
+    for seed, ranks in ranks_by_seed.items():
+        n = len(ranks)
+        out[seed] = instance_frame("test", np.zeros(n, int) if domain is None else domain, ranks, ranks,
+                                   np.zeros(n, bool) if cold is None else cold,
+                                   np.ones(n, bool) if own is None else own)
+    return out
+
+
+def test_compare_pairs_seeds_and_averages_across_them():
+    rng = np.random.default_rng(0)
+    worse = {s: rng.integers(5, 50, size=200) for s in (0, 1)}
+    better = {s: np.maximum(1, worse[s] // 4) for s in (0, 1)}
+    out = compare(_frames(better), _frames(worse), domain=0, protocol="sampled")
+    assert out["seeds"] == [0, 1]
+    assert all(r["p"] < 1e-6 and r["mean_diff"] > 0 for r in out["per_seed"].values())
+    across = out["across_seeds"]
+    expected = np.mean([1 / better[s] for s in (0, 1)], axis=0) - np.mean([1 / worse[s] for s in (0, 1)], axis=0)
+    assert across["mean_diff"] == pytest.approx(expected.mean()) and across["p"] < 1e-6
+
+
+def test_compare_needs_a_common_seed():
+    with pytest.raises(ValueError, match="share no seed"):
+        compare(_frames({0: np.array([1])}), _frames({1: np.array([1])}), domain=0, protocol="sampled")
+
+
+def test_slices_split_cold_from_warm_and_own_domain_history():
+    ranks = np.array([1, 2, 4, 5])
+    frames = _frames({0: ranks}, cold=np.array([True, False, False, True]),
+                     own=np.array([True, True, False, False]))
+    out = slice_mrr(frames, domain=0, protocol="full")
+    assert out["cold"] == {"n": 2, "mrr": pytest.approx((1 + 1 / 5) / 2)}
+    assert out["warm"] == {"n": 2, "mrr": pytest.approx((1 / 2 + 1 / 4) / 2)}
+    assert out["own-domain history"]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+    assert out["no own-domain history"]["mrr"] == pytest.approx((1 / 4 + 1 / 5) / 2)
+
+
+def test_empty_slice_is_none_not_an_error():
+    out = slice_mrr(_frames({0: np.array([1, 2])}), domain=1, protocol="full")
+    assert out["cold"] == {"n": 0, "mrr": None}
+
+
+def test_report_tests_each_model_against_the_best_other():
+    frames = {"a": _frames({0: np.full(60, 1)}), "b": _frames({0: np.full(60, 3)}), "c": _frames({0: np.full(60, 9)})}
+    mean = {"sampled": {"Food": {"a": 1.0, "b": 1 / 3, "c": 1 / 9}}}
+    out = significance_report(frames, mean, ["Food"], protocols=("sampled",))["sampled"]["Food"]
+    assert out["a"]["against"] == "b" and out["b"]["against"] == "a" and out["c"]["against"] == "a"
+    assert out["a"]["across_seeds"]["mean_diff"] > 0 > out["c"]["across_seeds"]["mean_diff"]
+    assert best_other({"a": 0.1}, "a") is None
