@@ -27,7 +27,8 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from importlib import resources
+from typing import Annotated, Any, Literal, Optional, Union
 
 from temarec.serve.recommender import (Recommendations, RecommendError, Recommender, UnknownItemsError,
                                        default_threads)
@@ -122,7 +123,7 @@ async def _send_json(send: Any, status: int, body: dict) -> None:
 def create_app(recommender: Recommender | str | Path, limits: Limits | None = None, threads: int | None = None):
     """The FastAPI app; ``recommender`` is a loaded Recommender or a run folder to load (once, here)."""
     _import_fastapi()
-    from fastapi import Body, FastAPI, HTTPException, Request
+    from fastapi import Body, FastAPI, HTTPException, Query, Request
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
@@ -248,6 +249,21 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
         except ValueError:  # a NaN somewhere (a model's explanation, say): null it rather than fail the request
             payload = json.dumps(_finite(answer), allow_nan=False, separators=(",", ":"))
         return Response(payload, media_type="application/json")
+
+    demo_page = (resources.files("temarec.serve") / "demo.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> Response:
+        """The demo page: search items, build a two-domain history, see the top-k with tags and modality shares."""
+        return Response(demo_page, media_type="text/html; charset=utf-8")
+
+    @app.get("/search", summary="items whose title or id contains q (case-insensitive), most trained-on first",
+             responses={422: _error("a parameter fails its schema")})
+    async def search(q: Annotated[str, Query(max_length=200, description="text to look for; empty = most popular")] = "",
+                     domain: Annotated[Optional[DomainName], Query(description="only this domain")] = None,  # type: ignore[valid-type]
+                     limit: Annotated[int, Query(ge=1, le=limits.max_k, description="at most this many items")] = 20
+                     ) -> dict[str, Any]:
+        return {"items": rec.search(q, domain, limit)}
 
     @app.get("/items/{item_id:path}", summary="one item of the catalogue",
              responses={404: _error("unknown item id"), 422: _error("malformed path")})

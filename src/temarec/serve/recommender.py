@@ -108,6 +108,7 @@ class Recommender:
         self._offsets = dataset.domain_offsets
         self._sizes = dataset.domain_sizes
         self._counts = _train_counts(dataset)
+        self._search_keys: list[str] | None = None
         self._popular = [self._popularity_order(d) for d in (0, 1)]  # local indices, most popular first
         self._tags = ItemTags.load(dataset, cfg)
         self._explains = callable(getattr(model, "explain", None))
@@ -153,6 +154,27 @@ class Recommender:
         d = self._domain_index(domain)
         lo = self._offsets[d]
         return self._ids[lo:lo + self._sizes[d]]
+
+    def search(self, query: str = "", domain: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Items whose title or id contains ``query`` (case-insensitive), most trained-on first; an empty query
+        lists the most popular items. ``domain`` restricts to one domain."""
+        _check_k(limit)
+        wanted = None if domain is None else self._domain_index(domain)
+        needle = str(query).strip().lower()
+        if self._search_keys is None:  # built on first use: one lower-cased "id title" string per item
+            self._search_keys = [f"{i} {t or ''}".lower() for i, t in zip(self._ids, self._titles)]
+        order = np.argsort(-self._counts, kind="stable")  # ties: item table order
+        out: list[dict[str, Any]] = []
+        for idx in order:
+            if wanted is not None and not self._offsets[wanted] <= idx < self._offsets[wanted] + self._sizes[wanted]:
+                continue
+            if needle and needle not in self._search_keys[idx]:
+                continue
+            out.append({"item": self._ids[idx], "title": self._titles[idx], "domain": self._domain_names[idx],
+                        "train_interactions": int(self._counts[idx])})
+            if len(out) == limit:
+                break
+        return out
 
     def item(self, item_id: str) -> dict[str, Any]:
         """One of the data's ids -> title, domain, training interactions, and its tags when the dataset has tags."""
