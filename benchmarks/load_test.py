@@ -2,11 +2,17 @@
 
     python benchmarks/load_test.py --run runs/sasrec [--requests 10000] [--concurrency 16] [--threads 1]
     python benchmarks/load_test.py --url http://127.0.0.1:8000 --run runs/sasrec   # a server already running
+    python benchmarks/load_test.py --run runs/sasrec --baseline-src ../old/src --serve-args "--workers 2"
 
 Starts ``temarec serve`` on a free port (a separate process), waits for /health, then sends ``--requests``
 POST /recommend from this process with ``--concurrency`` requests in flight (httpx, asyncio). Bodies replay the
 test split of the run's dataset (see bench_serve.py). Prints requests/s, p50/p90/p99 latency and the error count
-(any status other than 200, or a transport error).
+(any status other than 200, or a transport error), the server's and this client's CPU time per request, and the
+machine's load average.
+
+``--baseline-src DIR`` first serves the same run from another source tree (``PYTHONPATH=DIR``, e.g. a checkout of
+an older commit) with the same bodies, so that both paths are measured side by side in one invocation;
+``--serve-args`` are extra ``temarec serve`` flags of the current tree's server only.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -35,18 +42,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str, port: int, threads: int | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "temarec", "serve", "--run", run, "--port", str(port)]
+def start_server(run: str, port: int, threads: int | None, src: str | None = None,
+                 extra: list[str] | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "temarec", "serve", "--run", run, "--port", str(port), *(extra or [])]
     if threads:
         cmd += ["--threads", str(threads)]
-    log.info("starting %s", " ".join(cmd))
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = str(Path(src).resolve())
+    log.info("starting %s%s", f"PYTHONPATH={src} " if src else "", " ".join(cmd))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to report the server's cost per request."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children (Linux /proc): the server's cost per request
+    (``--workers N`` servers score in child processes)."""
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float = 180.0) -> None:
@@ -96,6 +130,47 @@ async def load(url: str, bodies: list[bytes], concurrency: int) -> tuple[list[fl
     return latencies, errors, elapsed
 
 
+def measure(label: str, args: argparse.Namespace, bodies: list[bytes], src: str | None = None,
+            extra: list[str] | None = None) -> dict:
+    """Start one server (or use ``--url``), warm it up, load it, stop it; the figures of that server."""
+    proc = None
+    url = args.url
+    if url is None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(args.run, port, args.threads, src, extra)
+    try:
+        wait_healthy(url, proc)
+        asyncio.run(load(url, bodies[:args.warmup], min(args.concurrency, args.warmup)))
+        cpu0 = cpu_seconds(proc.pid) if proc is not None else None
+        client0 = time.process_time()
+        latencies, errors, elapsed = asyncio.run(load(url, bodies[args.warmup:], args.concurrency))
+        client_cpu = time.process_time() - client0
+        server_cpu = cpu_seconds(proc.pid) - cpu0 if proc is not None else None
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    result = {"label": label, "url": url, "run": str(args.run), "src": src, "serve_args": extra or [],
+              "requests": len(latencies), "concurrency": args.concurrency,
+              "errors": errors, "seconds": round(elapsed, 2), "rps": round(len(latencies) / elapsed, 1),
+              "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+              "server_cpu_ms_per_request": round(1000 * server_cpu / len(latencies), 3) if server_cpu else None,
+              "client_cpu_ms_per_request": round(1000 * client_cpu / len(latencies), 3),
+              **{k: round(v, 2) for k, v in percentiles(latencies).items()}}
+    print(f"[{label}] {result['requests']} requests, {args.concurrency} concurrent, against {url}: "
+          f"{result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  "
+          f"p99 {result['p99_ms']:.1f} ms, {errors} errors, {elapsed:.1f} s")
+    if result["server_cpu_ms_per_request"]:
+        print(f"[{label}] CPU time per request: server {result['server_cpu_ms_per_request']:.2f} ms, client "
+              f"{result['client_cpu_ms_per_request']:.2f} ms; load average "
+              f"{' '.join(f'{x:.1f}' for x in result['load_average'])} on {os.cpu_count()} CPUs")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run folder (served, and the source of request bodies)")
@@ -105,44 +180,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, help="the server's torch intra-op threads")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--baseline-src", help="first serve the run from this source tree (PYTHONPATH), same load")
+    parser.add_argument("--serve-args", default="", help="extra `temarec serve` flags of the current server")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would load the client
+    if args.url and args.baseline_src:
+        raise SystemExit("--baseline-src starts its own server; leave out --url")
 
     bodies = [json.dumps(r).encode() for r in sample_requests(args.run, args.requests + args.warmup, args.k)]
-    proc = None
-    url = args.url
-    if url is None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(args.run, port, args.threads)
-    try:
-        wait_healthy(url, proc)
-        asyncio.run(load(url, bodies[:args.warmup], min(args.concurrency, args.warmup)))
-        cpu0 = cpu_seconds(proc.pid) if proc is not None else None
-        latencies, errors, elapsed = asyncio.run(load(url, bodies[args.warmup:], args.concurrency))
-        server_cpu = cpu_seconds(proc.pid) - cpu0 if proc is not None else None
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    result = {"url": url, "run": str(args.run), "requests": len(latencies), "concurrency": args.concurrency,
-              "errors": errors, "seconds": round(elapsed, 2), "rps": round(len(latencies) / elapsed, 1),
-              "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-              "server_cpu_ms_per_request": round(1000 * server_cpu / len(latencies), 3) if server_cpu else None,
-              **{k: round(v, 2) for k, v in percentiles(latencies).items()}}
-    print(f"{result['requests']} requests, {args.concurrency} concurrent, against {url}: {result['rps']:.0f} req/s, "
-          f"p50 {result['p50_ms']:.1f} ms  p90 {result['p90_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms, "
-          f"{errors} errors, {elapsed:.1f} s")
-    if result["server_cpu_ms_per_request"]:
-        print(f"server CPU time per request: {result['server_cpu_ms_per_request']:.2f} ms; "
-              f"machine load average {result['load_average']:.1f} on {os.cpu_count()} CPUs")
+    results = []
+    if args.baseline_src:
+        results.append(measure("baseline", args, bodies, src=args.baseline_src))
+    results.append(measure("current", args, bodies, extra=shlex.split(args.serve_args)))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))
 
 
 if __name__ == "__main__":

@@ -207,10 +207,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from temarec.serve.app import Limits, serve
+    from temarec.serve.batching import BatchingConfig
 
     serve(args.run, host=args.host, port=args.port, threads=args.threads, access_log=args.access_log,
           limits=Limits(max_k=args.max_k, max_history=args.max_history, max_batch=args.max_batch,
-                        max_body_bytes=args.max_body_bytes))
+                        max_body_bytes=args.max_body_bytes),
+          batching=BatchingConfig(window_ms=args.batch_window_ms, max_rows=args.batch_max_rows),
+          workers=args.workers)
     return 0
 
 
@@ -326,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive, default=256, help="most histories per batch request (default 256)")
     p.add_argument("--max-body-bytes", type=_positive, default=1 << 20, help="largest request body (default 1 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--batch-window-ms", type=float, default=2.0,
+                   help="how long a request waits for others to be scored with it in one forward pass "
+                        "(default 2 ms; 0 = score whatever is queued at once)")
+    p.add_argument("--batch-max-rows", type=int, default=256, help="most histories scored in one pass (default 256)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes on the port, each loading the run once (default 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export-model", help="a trained run's encoder as ONNX + item matrices as .npy "

@@ -255,7 +255,7 @@ def test_cold_item_with_an_informative_title_ranks_high():
 
 def test_explain_returns_tags_shared_with_the_history_and_modality_shares():
     model = make_model()
-    out = model.explain(HISTORY[:1], 0, [0, 2])
+    [out] = model.explain(HISTORY[:1], 0, [[0, 2]])
     assert len(out) == 2
     for entry in out:
         assert set(entry["modality_share"]) == {"id", "txt", "img", "tag"}
@@ -266,6 +266,19 @@ def test_explain_returns_tags_shared_with_the_history_and_modality_shares():
     top = torch.argmax(w[1] * hist)  # local item 0 = id 1
     if float((w[1] * hist).max()) > 0:
         assert out[0]["tags"][0]["tag"] == ["spicy", "baking", "tea"][int(top)]
+
+
+def test_explaining_rows_together_gives_each_rows_own_explanations():
+    model = make_model()
+    local = [[0, 2], [1], [3, 0, 1]]  # a different number of items per row
+    together = model.explain(HISTORY[:3], 0, local)
+    for row, ids in enumerate(local):
+        [alone] = model.explain(HISTORY[row:row + 1], 0, [ids])
+        assert len(together[row]) == len(alone) == len(ids)
+        for a, b in zip(together[row], alone):
+            assert [t["tag"] for t in a["tags"]] == [t["tag"] for t in b["tags"]]
+            assert [t["weight"] for t in a["tags"]] == pytest.approx([t["weight"] for t in b["tags"]])
+            assert a["modality_share"] == pytest.approx(b["modality_share"], abs=1e-5)
 
 
 def test_feature_and_tag_buffers_stay_out_of_the_checkpoint_and_reload_gives_the_same_scores():

@@ -414,9 +414,12 @@ class TEMA(SequentialModel):
         return torch.cat(states, 2)[:, :, torch.argsort(torch.cat(groups))]  # back to the input's row order
 
     def modality_probs(self, history: torch.Tensor, domain: int, local: torch.Tensor | None = None) -> torch.Tensor:
-        """(M, B, K) weighted sum over views of alpha_m P_m^V (eqs. 13, 16); K = all items or ``local`` ones."""
+        """(M, B, K) weighted sum over views of alpha_m P_m^V (eqs. 13, 16); K = all items, ``local`` (K,) items
+        of every row, or ``local`` (B, K) items of each row."""
         terms = self.weighted_head_log_probs(self.head_log_probs(history, domain), domain)  # (V, M, B, N)
-        return (terms if local is None else terms[..., local]).exp().sum(0)
+        if local is not None:
+            terms = terms[..., local] if local.dim() == 1 else terms.gather(-1, local.expand(*terms.shape[:2], -1, -1))
+        return terms.exp().sum(0)
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """eqs. (16)-(17): log(P^X + lambda1 P^Y + lambda2 P^{X+Y}) over the target domain's items, (B, N).
@@ -485,29 +488,39 @@ class TEMA(SequentialModel):
         return torch.stack([self.logits(h[v:v + 1], cand)[0].log_softmax(-1) for v in range(self.n_views)])
 
     @torch.no_grad()
-    def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[int],
-                top_tags: int = 5) -> list[dict[str, Any]]:
-        """Why each item was recommended after ``history`` (1, L): tags linking it to the history, modality shares.
+    def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[list[int]],
+                top_tags: int = 5) -> list[list[dict[str, Any]]]:
+        """Why each item was recommended after each history (B, L): tags linking it to the history, modality shares.
 
-        Tag contribution = w_item[t] * sum over history items of w[t] (shared tags, weighted). Modality share =
-        that modality's part of the fused score sum_V w_V alpha_m P_m^V(item); absent modalities read 0.
+        ``local_item_ids[b]`` are the recommended items of row b (local indices of ``domain``); one list of
+        explanations per row. Tag contribution = w_item[t] * sum over history items of w[t] (shared tags,
+        weighted). Modality share = that modality's part of the fused score sum_V w_V alpha_m P_m^V(item); absent
+        modalities read 0. All rows are explained in one pass of the encoders and heads.
         """
-        local = torch.as_tensor(local_item_ids, dtype=torch.long, device=history.device)
-        parts = self.modality_probs(history, domain, local)[:, 0]  # (M, K)
-        shares = parts / parts.sum(0).clamp(min=1e-30)
+        K = max(len(ids) for ids in local_item_ids)
+        local = torch.tensor([ids + [0] * (K - len(ids)) for ids in local_item_ids], dtype=torch.long,
+                             device=history.device)  # (B, K), padded with item 0 (ignored below)
+        parts = self.modality_probs(history, domain, local)  # (M, B, K)
+        shares = (parts / parts.sum(0).clamp(min=1e-30)).tolist()
         names = self.ctx.extras.get("tag_names", [])
+        top_values = top_indices = None
+        if "tag" in self.modalities:
+            hist = self.items.tag_w[history].sum(1)  # (B, T) tag mass of each history
+            contrib = self.items.tag_w[self.ctx.domain_slice(domain).start + local] * hist[:, None]  # (B, K, T)
+            top = torch.topk(contrib, min(top_tags, contrib.shape[-1]), dim=-1)  # (B, K, top_tags)
+            top_values, top_indices = top.values.tolist(), top.indices.tolist()
         out = []
-        for k, item in enumerate(local_item_ids):
-            share = {m: 0.0 for m in ("id", "txt", "img", "tag")}
-            share.update({m: float(shares[i, k]) for i, m in enumerate(self.modalities)})
-            tags: list[dict[str, Any]] = []
-            if "tag" in self.modalities:
-                hist = self.items.tag_w[history[0]].sum(0)  # (T,) tag mass of the history
-                contrib = self.items.tag_w[self.ctx.domain_slice(domain).start + item] * hist  # (T,)
-                top = torch.topk(contrib, min(top_tags, len(contrib)))
-                tags = [{"tag": names[t] if t < len(names) else str(t), "weight": float(c)}
-                        for c, t in zip(top.values.tolist(), top.indices.tolist()) if c > 0]
-            out.append({"tags": tags, "modality_share": share})
+        for b, ids in enumerate(local_item_ids):
+            row = []
+            for k in range(len(ids)):
+                share = {m: 0.0 for m in ("id", "txt", "img", "tag")}
+                share.update({m: shares[i][b][k] for i, m in enumerate(self.modalities)})
+                tags: list[dict[str, Any]] = []
+                if top_values is not None:
+                    tags = [{"tag": names[t] if t < len(names) else str(t), "weight": c}
+                            for c, t in zip(top_values[b][k], top_indices[b][k]) if c > 0]
+                row.append({"tags": tags, "modality_share": share})
+            out.append(row)
         return out
 
     # ---- what the model reads from the dataset folder ------------------------------------------------------

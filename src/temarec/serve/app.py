@@ -17,21 +17,25 @@ and every status the service answers is in its OpenAPI schema:
 Request types are strict, as the schema says: ``k`` is a JSON integer (not ``true``, not ``"5"``), the flags
 are ``true``/``false`` (not ``0``, not ``"yes"``), item ids are strings or integers (not ``true``) and
 timestamps finite numbers.
-Inference runs on the event loop thread, one request at a time: a request takes milliseconds, and serial
-inference keeps torch's intra-op threads from competing with each other.
+Inference never runs on the event loop: requests are queued to a :class:`~temarec.serve.batching.MicroBatcher`,
+which scores those arriving within a short window (``--batch-window-ms``) together, one forward pass per domain,
+on one worker thread; ``/health``, ``/metadata`` and ``/items`` answer meanwhile.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from importlib import resources
-from typing import Annotated, Any, Literal, Optional, Union
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Literal, Optional, Union
 
-from temarec.serve.recommender import (Recommendations, RecommendError, Recommender, UnknownItemsError,
-                                       default_threads)
+from temarec.serve.batching import BatchingConfig, MicroBatcher
+from temarec.serve.recommender import Query as RecommendQuery
+from temarec.serve.recommender import RecommendError, Recommender, UnknownItemsError, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +124,8 @@ async def _send_json(send: Any, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def create_app(recommender: Recommender | str | Path, limits: Limits | None = None, threads: int | None = None):
+def create_app(recommender: Recommender | str | Path, limits: Limits | None = None, threads: int | None = None,
+               batching: BatchingConfig | None = None):
     """The FastAPI app; ``recommender`` is a loaded Recommender or a run folder to load (once, here)."""
     _import_fastapi()
     from fastapi import Body, FastAPI, HTTPException, Query, Request
@@ -196,10 +201,17 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
     AnyRequest = Annotated[Union[Annotated[RecommendRequest, Tag("single")], Annotated[BatchRequest, Tag("batch")]],
                            Discriminator(_kind)]
 
+    batcher = MicroBatcher(rec, batching)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
     app = FastAPI(title="temarec", version="1", summary=f"{rec.model_name} recommendations on {rec.dataset_name}",
-                  responses=every_route)
+                  responses=every_route, lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
-    app.state.recommender, app.state.limits = rec, limits
+    app.state.recommender, app.state.limits, app.state.batcher = rec, limits, batcher
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -220,18 +232,14 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
         return [(e.item, e.ts) for e in req.history] if req.history and isinstance(req.history[0], Event) \
             else req.history
 
-    def _answer(reqs: list[RecommendRequest]) -> list[Recommendations]:
-        """Requests that share k and flags go through one ``recommend_batch`` (one forward pass per domain)."""
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(reqs):
-            groups.setdefault((r.k, r.exclude_seen, r.strict, r.explain), []).append(i)
-        results: list[Recommendations | None] = [None] * len(reqs)
-        for (k, exclude_seen, strict, explain), rows in groups.items():
-            answers = rec.recommend_batch([_history(reqs[i]) for i in rows], [reqs[i].domain for i in rows], k=k,
-                                          exclude_seen=exclude_seen, strict=strict, explain=explain)
-            for i, answer in zip(rows, answers):
-                results[i] = answer
-        return results  # type: ignore[return-value]
+    async def _answer(reqs: list[RecommendRequest]) -> list[dict[str, Any]]:
+        """The requests' answers from the micro-batcher; the first bad one raises its RecommendError (a 4xx)."""
+        answers = await batcher.answer([RecommendQuery(_history(r), r.domain, r.k, r.exclude_seen, r.strict,
+                                                       r.explain) for r in reqs])
+        for a in answers:
+            if isinstance(a, RecommendError):
+                raise a
+        return [a.to_dict() for a in answers]  # type: ignore[union-attr]
 
     @app.post("/recommend", response_model=Union[RecommendResponse, BatchResponse],
               summary="top-k items of a domain for one history, or for a batch of them",
@@ -239,9 +247,9 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
                          422: _error("the body is not JSON, or fails the request schema")})
     async def recommend(body: Annotated[AnyRequest, Body()]) -> Response:
         if isinstance(body, BatchRequest):
-            answer: dict[str, Any] = {"results": [r.to_dict() for r in _answer(body.requests)]}
+            answer: dict[str, Any] = {"results": await _answer(body.requests)}
         else:
-            answer = _answer([body])[0].to_dict()
+            answer = (await _answer([body]))[0]
         # the answer is built by our own code: serialise it directly instead of re-validating it per request
         # (response_model above still documents it in the OpenAPI schema)
         try:
@@ -313,13 +321,40 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+SERVE_ENV = "TEMAREC_SERVE"  # how `serve --workers N` hands its settings to the worker processes
+
+
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-          threads: int | None = None, access_log: bool = False) -> None:
-    """Load ``run_dir`` once and serve it with uvicorn until interrupted."""
-    app = create_app(run_dir, limits=limits, threads=threads or default_threads())
+          threads: int | None = None, access_log: bool = False, batching: BatchingConfig | None = None,
+          workers: int = 1) -> None:
+    """Load ``run_dir`` once and serve it with uvicorn until interrupted.
+
+    ``workers`` > 1 starts that many processes on the same port (uvicorn's), each loading the run once: each
+    holds its own copy of the model and scores its own micro-batches.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     try:
         import uvicorn
     except ImportError as exc:
         raise ImportError("the HTTP service needs FastAPI and uvicorn: pip install 'temarec[serve]'") from exc
+    settings = {"run_dir": str(run_dir), "threads": threads or default_threads(),
+                "limits": dataclasses.asdict(limits or Limits()), "batching": dataclasses.asdict(batching or
+                                                                                            BatchingConfig())}
     log.info("serving on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    if workers == 1:
+        uvicorn.run(_app_from_settings(settings), host=host, port=port, access_log=access_log, log_level="info")
+        return
+    os.environ[SERVE_ENV] = json.dumps(settings)  # the worker processes inherit it
+    uvicorn.run("temarec.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                access_log=access_log, log_level="info")
+
+
+def app_from_env():
+    """The app of one ``serve --workers N`` process, built from the settings ``serve`` put in the environment."""
+    return _app_from_settings(json.loads(os.environ[SERVE_ENV]))
+
+
+def _app_from_settings(settings: dict[str, Any]):
+    return create_app(settings["run_dir"], limits=Limits(**settings["limits"]), threads=settings["threads"],
+                      batching=BatchingConfig(**settings["batching"]))

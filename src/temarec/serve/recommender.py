@@ -46,6 +46,18 @@ class UnknownItemsError(RecommendError):
                          "(pass strict=False to skip them)")
 
 
+@dataclass(frozen=True)
+class Query:
+    """One request: a history (the data's ids, or (id, timestamp) pairs), its domain, k and flags."""
+
+    history: Sequence[Any]
+    domain: str
+    k: int = 10
+    exclude_seen: bool = True
+    strict: bool = False
+    explain: bool = True
+
+
 @dataclass
 class Recommendations:
     """One domain's top-k for one history. Iterating yields the recommended items as dicts."""
@@ -200,7 +212,7 @@ class Recommender:
                         explain: bool = True) -> list[Recommendations]:
         """One ``Recommendations`` per history; ``domains`` is one name for all rows or one name per row.
 
-        Rows that share a domain are scored in one forward pass.
+        Rows that share a domain are scored in one forward pass. The first bad row raises its ``RecommendError``.
         """
         if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
             raise RecommendError("histories must be a list of histories (lists of item ids)")
@@ -209,22 +221,46 @@ class Recommender:
         if len(domains) != len(histories):
             raise RecommendError(f"got {len(domains)} domains for {len(histories)} histories; "
                                  "pass one domain name, or one per history")
-        doms = [self._domain_index(d) for d in domains]
+        for d in domains:
+            self._domain_index(d)
         _check_k(k)
-        resolved = [self._resolve(h, strict) for h in histories]
-        results: list[Recommendations | None] = [None] * len(histories)
+        answers = self.answer([Query(h, d, k, exclude_seen, strict, explain) for h, d in zip(histories, domains)])
+        for a in answers:
+            if isinstance(a, RecommendError):
+                raise a
+        return answers  # type: ignore[return-value]
+
+    def answer(self, queries: Sequence[Query]) -> list[Recommendations | RecommendError]:
+        """Each query's answer, or the ``RecommendError`` that says what is wrong with it (the others still answer).
+
+        The queries of one domain are scored in one forward pass whatever their k and flags: the service's
+        micro-batches (serve/batching.py) mix requests of many users.
+        """
+        out: list[Recommendations | RecommendError | None] = [None] * len(queries)
+        resolved: list[tuple[int, list[int], list[str]] | None] = []
+        for q, query in enumerate(queries):
+            try:
+                d = self._domain_index(query.domain)
+                _check_k(query.k)
+                resolved.append((d, *self._resolve(query.history, query.strict)))
+            except RecommendError as exc:
+                out[q] = exc
+                resolved.append(None)
         for d in (0, 1):
-            rows = [r for r, (dom, (idx, _)) in enumerate(zip(doms, resolved)) if dom == d and idx]
+            rows = [q for q, r in enumerate(resolved) if r is not None and r[0] == d and r[1]]
             if rows:
-                for r, rec in zip(rows, self._rank(d, [resolved[r][0] for r in rows], k, exclude_seen, explain)):
-                    results[r] = rec
-        for r, (idx, unknown) in enumerate(resolved):
+                ranked = self._rank(d, [resolved[q][1] for q in rows], [queries[q] for q in rows])  # type: ignore[index]
+                for q, rec in zip(rows, ranked):
+                    out[q] = rec
+        for q, r in enumerate(resolved):
+            if r is None:
+                continue
             # an empty answer is an answer: a history that already holds every item of the domain leaves nothing
             # to recommend once seen items go; only a history with no known item falls back to popularity
-            rec = results[r] if results[r] is not None else self._popular_top(doms[r], k)
-            rec.unknown_items = unknown
-            results[r] = rec
-        return results  # type: ignore[return-value]
+            rec = out[q] if out[q] is not None else self._popular_top(r[0], queries[q].k)
+            rec.unknown_items = r[2]  # type: ignore[union-attr]
+            out[q] = rec
+        return out  # type: ignore[return-value]
 
     # --- internals --------------------------------------------------------------------------------------------
 
@@ -274,34 +310,33 @@ class Recommender:
         return torch.from_numpy(out)
 
     @torch.inference_mode()
-    def _rank(self, d: int, histories: list[list[int]], k: int, exclude_seen: bool,
-              explain: bool) -> list[Recommendations]:
+    def _rank(self, d: int, histories: list[list[int]], queries: list[Query]) -> list[Recommendations]:
+        """One forward pass for the histories of domain ``d``; each row keeps its own k and flags."""
         hist = self._history_tensor(histories)  # (B, L)
         scores = self._fact(hist, d) if self._fact else self.model.score_domain(hist, d)  # (B, N)
         lo, n = self._offsets[d], self._sizes[d]
-        if exclude_seen:
+        if any(q.exclude_seen for q in queries):
             # a model's scores may be a view of its own buffers (pop expands one row): mask a copy
             scores = scores.float() if self._fact else scores.float().clone()
-            for row, h in enumerate(histories):
-                seen = [i - lo for i in h if lo <= i < lo + n]
+            for row, (h, q) in enumerate(zip(histories, queries)):
+                seen = [i - lo for i in h if lo <= i < lo + n] if q.exclude_seen else []
                 if seen:
                     scores[row, seen] = -math.inf
-        top_scores, top_local = torch.topk(scores, min(k, n), dim=1)  # (B, k)
-        out = []
-        for row in range(len(histories)):
-            keep = torch.isfinite(top_scores[row])
-            local = top_local[row][keep].tolist()
-            items = [self._entry(lo + j, s, d) for j, s in zip(local, top_scores[row][keep].tolist())]
-            if explain and self._explains and items:
-                self._attach_explanations(items, hist[row:row + 1], d, local)
-            out.append(Recommendations(domain=self.domains[d], items=items,
-                                       history_used=min(len(histories[row]), self.max_len)))
-        return out
-
-    def _attach_explanations(self, items: list[dict[str, Any]], hist: torch.Tensor, d: int, local: list[int]) -> None:
-        explanations = self.model.explain(hist, d, local)
-        for item, why in zip(items, explanations):
-            item["explanation"] = why
+        top_scores, top_local = torch.topk(scores, min(max(q.k for q in queries), n), dim=1)  # (B, k_max)
+        locals_, items_ = [], []
+        for row, q in enumerate(queries):
+            keep = torch.isfinite(top_scores[row, :q.k])
+            local = top_local[row, :q.k][keep].tolist()
+            locals_.append(local)
+            items_.append([self._entry(lo + j, s, d) for j, s in zip(local, top_scores[row, :q.k][keep].tolist())])
+        explained = [row for row, q in enumerate(queries) if q.explain and self._explains and items_[row]]
+        if explained:
+            whys = self.model.explain(hist[explained], d, [locals_[row] for row in explained])
+            for row, why in zip(explained, whys):
+                for item, w in zip(items_[row], why):
+                    item["explanation"] = w
+        return [Recommendations(domain=self.domains[d], items=items, history_used=min(len(h), self.max_len))
+                for items, h in zip(items_, histories)]
 
     def _entry(self, idx: int, score: float, d: int) -> dict[str, Any]:
         return {"item": self._ids[idx], "score": float(score), "title": self._titles[idx], "domain": self.domains[d]}
