@@ -51,3 +51,11 @@ def test_missing_or_bad_yaml(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_optimizer_is_adam_or_adamw():
+    from temarec.config import load_config
+
+    assert load_config(None, ["train.optimizer=adamw"]).train.optimizer == "adamw"
+    with pytest.raises(ValueError, match="train.optimizer must be adam or adamw"):
+        load_config(None, ["train.optimizer=sgd"])

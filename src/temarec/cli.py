@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model on a dataset folder; writes a run folder")
     p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")
-    p.add_argument("--model", help="random | pop | gru4rec | sasrec | tema | c2dsr (same as --set model.name=...)")
+    p.add_argument("--model", help="random | pop | gru4rec | sasrec | tema | c2dsr | abxi (same as --set model.name=...)")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     _add_config_args(p)

@@ -133,8 +133,8 @@ class ModelConfig:
     head_loss: str = "mixture"
 
     def __post_init__(self) -> None:
-        _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema", "c2dsr"},
-               f"model.name must be one of random, pop, gru4rec, sasrec, tema, c2dsr; got {self.name!r}")
+        _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema", "c2dsr", "abxi"},
+               f"model.name must be one of random, pop, gru4rec, sasrec, tema, c2dsr, abxi; got {self.name!r}")
         _check(self.dim >= 1 and self.layers >= 1 and self.heads >= 1, "model.dim/layers/heads must be >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
@@ -161,6 +161,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam (weight decay added to the gradient, L2) | adamw (decoupled decay; ABXI's)
     patience: int = 10  # early stopping on validation MRR
     seed: int = 42
     device: str = "cpu"
@@ -172,6 +173,7 @@ class TrainConfig:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.optimizer in {"adam", "adamw"}, f"train.optimizer must be adam or adamw, got {self.optimizer!r}")
         _check(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
         _check(self.eval_every >= 1, "train.eval_every must be >= 1")
         _check(self.max_train_s >= 0, "train.max_train_s must be >= 0")

@@ -50,6 +50,7 @@ MODELS = {
     "sasrec": "temarec.models.sasrec:SASRec",
     "tema": "temarec.models.tema:TEMA",
     "c2dsr": "temarec.models.c2dsr:C2DSR",
+    "abxi": "temarec.models.abxi:ABXI",
 }
 
 
@@ -278,7 +279,8 @@ def _fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist:
     if len(seqs) == 0:
         raise ValueError(f"{dataset.root}: no training sequence has two or more items")
     wrapped = dist.wrap(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "valid": None}
     start_epoch, bad_epochs, epoch_times = 1, 0, []
     if resume:

@@ -49,6 +49,9 @@ def _unsupported(model_name: str) -> ExportError:
     elif model_name == "c2dsr":
         why = ("c2dsr scores a domain with two encoders (merged and single-domain) and a per-item bias; the "
                "exporter does not write that form yet")
+    elif model_name == "abxi":
+        why = ("abxi's user state depends on the target domain (its single-domain view and invariant LoRA), "
+               "which one state vector per history cannot express; the exporter does not write that form yet")
     else:
         why = f"{model_name} has no state @ item-matrix form"
     return ExportError(f"cannot export {model_name}: {why}; exportable models: {', '.join(FACTORIZABLE)}. "
