@@ -64,12 +64,12 @@ class ABXISettings:
 
 
 class LoRA(nn.Module):
-    """A rank-R linear map x -> x (down up): ``up`` starts at zero, so each adapter starts as the zero map."""
+    """A rank-R linear map x -> x (down up): ``down`` starts at zero, so each adapter starts as the zero map."""
 
     def __init__(self, dim: int, rank: int):
         super().__init__()
-        self.down = nn.Parameter(torch.randn(dim, rank) / 50)  # official scale: N(0, 1) / 50
-        self.up = nn.Parameter(torch.zeros(rank, dim))
+        self.down = nn.Parameter(torch.zeros(dim, rank))  # the official B^T (its B starts at zero) ...
+        self.up = nn.Parameter(torch.randn(rank, dim) / 50)  # ... and A^T, N(0, 1) / 50
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.down) @ self.up  # (..., D) via (..., R)
