@@ -22,6 +22,7 @@ sequence and per target domain. Every reading of the paper and of the official c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,6 +150,14 @@ class ABXI(SequentialModel):
         self.ln_inv = nn.ModuleList(nn.LayerNorm(D) for _ in range(2))
         self.ln_dom = nn.ModuleList(nn.LayerNorm(D) for _ in range(2))
         self._init_weights()
+
+    @classmethod
+    def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
+        s = getattr(cfg.model, "abxi", None) or ABXISettings()
+        return {"encoders": "none (ID-only model)", "tags": "none (model uses no tags)",
+                "notes": f"loss: InfoNCE (tau {s.temperature}) over {s.negatives_per_domain} + "
+                         f"{s.negatives_per_domain} sampled negatives of the two domains per sequence "
+                         "(model.loss does not apply)"}
 
     def _init_weights(self) -> None:
         """As the official code: linears N(0, 0.02), biases 0; embeddings truncated N(0, 0.02) in [-0.04, 0.04]."""
