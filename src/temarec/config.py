@@ -168,6 +168,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch default
     eval_every: int = 1
     max_train_s: float = 0.0  # wall-clock budget; 0 = none
+    tracker: str = "none"  # none | tensorboard | mlflow (pip install 'temarec[track]'); see temarec/tracking.py
+    tracking_uri: str = ""  # mlflow: the store; empty = a local SQLite store RUN/mlflow.db
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
@@ -177,6 +179,8 @@ class TrainConfig:
         _check(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
         _check(self.eval_every >= 1, "train.eval_every must be >= 1")
         _check(self.max_train_s >= 0, "train.max_train_s must be >= 0")
+        _check(self.tracker in {"none", "tensorboard", "mlflow"},
+               f"train.tracker must be none, tensorboard or mlflow, got {self.tracker!r}")
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,8 @@ class EvalConfig:
 
 
 # Settings that change how fast a run goes, not what it computes (bench reuses runs that differ only in these) ...
-RUNTIME_SETTINGS = frozenset({"train.device", "train.threads", "eval.batch_size"})
+RUNTIME_SETTINGS = frozenset({"train.device", "train.threads", "eval.batch_size", "train.tracker",
+                              "train.tracking_uri"})
 # ... and those a resumed run may also change: how long it trains and what evaluation reports
 RESUMABLE_SETTINGS = RUNTIME_SETTINGS | {"train.epochs", "train.patience", "train.max_train_s", "train.eval_every",
                                          "eval.ks", "eval.tie_warn_share"}

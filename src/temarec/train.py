@@ -39,6 +39,7 @@ from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
 from temarec.evaluation import evaluate, evaluate_with_ranks, selection_score
 from temarec.fileio import atomic_write, write_json_atomic, write_parquet_atomic
 from temarec.significance import RANKS_FILE
+from temarec.tracking import Tracker, open_tracker
 from temarec.models.base import ModelContext, SequentialModel, pad_histories
 
 log = logging.getLogger(__name__)
@@ -292,22 +293,27 @@ def _fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist:
         log.info("resuming after epoch %d (best validation MRR %.4f at epoch %d)", state["epoch"], best["score"],
                  best["epoch"])
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
-        t = time.perf_counter()
-        loss = _train_epoch(wrapped, optimizer, seqs, cfg, dist, epoch)
-        epoch_times.append(time.perf_counter() - t)
-        stop = False
-        if dist.is_main:
-            stop, bad_epochs = _after_epoch(model, dataset, cfg, out, optimizer, epoch, loss, epoch_times,
-                                            best, bad_epochs, time.perf_counter() - t_start)
-        if dist.broadcast_flag(stop):
-            break
+    tracker = open_tracker(cfg.train.tracker, out, cfg.to_dict(), cfg.train.tracking_uri) if dist.is_main \
+        else Tracker()
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs + 1):
+            t = time.perf_counter()
+            loss = _train_epoch(wrapped, optimizer, seqs, cfg, dist, epoch)
+            epoch_times.append(time.perf_counter() - t)
+            stop = False
+            if dist.is_main:
+                stop, bad_epochs = _after_epoch(model, dataset, cfg, out, optimizer, epoch, loss, epoch_times,
+                                                best, bad_epochs, time.perf_counter() - t_start, tracker)
+            if dist.broadcast_flag(stop):
+                break
+    finally:
+        tracker.close()
     return best, epoch_times
 
 
 def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path,
                  optimizer: torch.optim.Optimizer, epoch: int, loss: float, epoch_times: list[float],
-                 best: dict[str, Any], bad_epochs: int, elapsed: float) -> tuple[bool, int]:
+                 best: dict[str, Any], bad_epochs: int, elapsed: float, tracker: Tracker) -> tuple[bool, int]:
     """Rank 0: validate, keep the best checkpoint, write the resumable state; returns (stop, bad_epochs)."""
     record: dict[str, Any] = {"epoch": epoch, "loss": loss, "epoch_s": round(epoch_times[-1], 3)}
     if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
@@ -324,6 +330,7 @@ def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Pat
                  best["score"], best["epoch"], epoch_times[-1])
     with open(out / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
+    tracker.log_epoch(record)
     _save_atomic_tensors(_state_tensors(model), out / "last.safetensors")
     state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
              "best_score": best["score"], "best_epoch": best["epoch"], "epoch_times": epoch_times}

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from temarec.extras import require
+
 log = logging.getLogger(__name__)
 
 FETCH_WORKERS = 8  # downloads are I/O-bound; a few in flight hide latency without hammering one host
@@ -119,8 +121,5 @@ def open_image(path: Path) -> Any:
 
 
 def require_pillow() -> None:
-    """A ValueError (not ImportError) so that the CLI reports it as a one-line error."""
-    try:
-        import PIL  # noqa: F401
-    except ImportError as exc:
-        raise ValueError("image features need Pillow: pip install pillow") from exc
+    """Pillow, or a one-line error naming the extra (MissingExtra is a ValueError)."""
+    require("PIL", "image", "image features")

@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Literal, Optional, Union
 
+from temarec.extras import require
 from temarec.serve.batching import BatchingConfig, MicroBatcher
 from temarec.serve.recommender import Query as RecommendQuery
 from temarec.serve.recommender import RecommendError, Recommender, UnknownItemsError, default_threads
@@ -56,11 +57,8 @@ class Limits:
 
 
 def _import_fastapi():
-    try:
-        import fastapi  # noqa: F401
-        import pydantic  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("the HTTP service needs FastAPI and uvicorn: pip install 'temarec[serve]'") from exc
+    require("fastapi", "serve", "the HTTP service")
+    require("pydantic", "serve", "the HTTP service")
 
 
 class BodyLimitMiddleware:
@@ -334,10 +332,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, limits
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise ImportError("the HTTP service needs FastAPI and uvicorn: pip install 'temarec[serve]'") from exc
+    uvicorn = require("uvicorn", "serve", "the HTTP service")
     settings = {"run_dir": str(run_dir), "threads": threads or default_threads(),
                 "limits": dataclasses.asdict(limits or Limits()), "batching": dataclasses.asdict(batching or
                                                                                             BatchingConfig())}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from temarec.extras import require
 from temarec.serve.recommender import Recommender
 from temarec.serve.scoring import FACTORIZABLE, Factorized, factorize, probe_histories
 
@@ -82,10 +83,7 @@ def _export_encoder(state: torch.nn.Module, example: torch.Tensor, path: Path) -
     and needs onnxscript. Two rewrites of its output keep onnxruntime working (below); parity with PyTorch is
     tested in tests/serve/test_export.py.
     """
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError("ONNX export needs onnx: pip install 'temarec[export]'") from exc
+    onnx = require("onnx", "export", "ONNX export")
     chatter = io.StringIO()  # the exporter prints notes to stdout; keep them for --verbose
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
         # the exporter's deprecation notice, and tracer notes on nn.GRU's input-size checks
@@ -190,10 +188,7 @@ class OnnxRecommender:
     """Scores with an exported folder through onnxruntime (the parity check, and an example of use)."""
 
     def __init__(self, export_dir: str | Path):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ImportError("running the export needs onnxruntime: pip install 'temarec[export]'") from exc
+        ort = require("onnxruntime", "export", "running the export")
         root = Path(export_dir)
         self.meta = json.loads((root / "export.json").read_text())
         self.session = ort.InferenceSession(str(root / "encoder.onnx"), providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from temarec.extras import require
 from temarec.tags.backends.llm import Truncated
 
 
@@ -18,10 +19,7 @@ class LlamaCppTransport:
     def __init__(self, gguf_path: str, n_ctx: int = 4096):
         if not gguf_path or not Path(gguf_path).is_file():
             raise ValueError(f"tags.gguf_path {gguf_path!r} is not a file: point it at a local .gguf model")
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise ImportError("the llamacpp backend needs llama-cpp-python: pip install 'temarec[llamacpp]'") from exc
+        Llama = require("llama_cpp", "llamacpp", "the llamacpp backend").Llama
         path = Path(gguf_path)
         self.model = f"{path.name}:{path.stat().st_size}"
         self._llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=0, verbose=False)
