@@ -62,3 +62,22 @@ def test_real_abxi_food_kitchen(shared_data: Path, tmp_path: Path) -> None:
     first = min(json.loads((folder / "map_item_50.txt").read_text()).items(), key=lambda kv: kv[1][0])[0]
     assert ds.items["item"].iloc[0] == first and ds.items["domain"].iloc[11837] == "Kitchen"
     assert m["titles_coverage"]["Kitchen"] > 0.9
+
+
+def test_any_abxi_release_name_is_accepted(abxi_dir: Path, tmp_path: Path) -> None:
+    # ABXI ships every domain pair in the same format: NAME_N_preprocessed.txt with map_item_N / map_user_N
+    (abxi_dir / "afk_50_preprocessed.txt").rename(abxi_dir / "abe_20_preprocessed.txt")
+    for kind in ("item", "user"):
+        (abxi_dir / f"map_{kind}_50.txt").rename(abxi_dir / f"map_{kind}_20.txt")
+    ds = Dataset.load(import_abxi(abxi_dir, "Art,Beauty", tmp_path / "out"))
+    assert ds.domains == ("Art", "Beauty") and ds.domain_sizes == (2, 3)
+
+
+def test_abxi_folder_with_two_releases_or_a_missing_map_is_one_clear_error(abxi_dir: Path, tmp_path: Path) -> None:
+    (abxi_dir / "map_user_50.txt").rename(abxi_dir / "map_user_49.txt")
+    with pytest.raises(DataError, match="no map_user_50.txt beside afk_50_preprocessed.txt"):
+        import_abxi(abxi_dir, "Food,Kitchen", tmp_path / "out")
+    (abxi_dir / "abe_50_preprocessed.txt").write_text("")
+    with pytest.raises(DataError, match="several ABXI interaction files"):
+        import_abxi(abxi_dir, "Food,Kitchen", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

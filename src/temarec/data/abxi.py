@@ -1,10 +1,10 @@
-"""Import an ABXI-format folder (the ABXI paper's Amazon Food-Kitchen release, our primary benchmark).
+"""Import an ABXI-format folder (the ABXI paper's Amazon releases; Food-Kitchen is our primary benchmark).
 
-Files::
+Files (NAME is the domain pair, e.g. afk = Food-Kitchen; N the length cap the release was cut at, 50)::
 
-    afk_50_preprocessed.txt   user_id item|unix_ts item|unix_ts ...   one user per line, time order
-    map_item_50.txt           JSON {ASIN: [item_id, domain]}         domain 0 = first domain; ids 1..N over both
-    map_user_50.txt           JSON {reviewerID: user_id}
+    NAME_N_preprocessed.txt   user_id item|unix_ts item|unix_ts ...   one user per line, time order
+    map_item_N.txt            JSON {ASIN: [item_id, domain]}         domain 0 = first domain; ids 1..N over both
+    map_user_N.txt            JSON {reviewerID: user_id}
 
 Items are renumbered so the first domain's come first (each domain in its original id order). Each user's
 timeline is split chronologically, leave-one-out: last item = test target, the one before = valid target,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,9 +29,7 @@ from temarec.data.prepare import (check_out, input_folder, iter_lines, open_text
 
 logger = logging.getLogger(__name__)
 
-INTERACTIONS = "afk_50_preprocessed.txt"
-ITEM_MAP = "map_item_50.txt"
-USER_MAP = "map_user_50.txt"
+INTERACTIONS = re.compile(r"^(?P<name>.+)_(?P<n>\d+)_preprocessed\.txt$")
 
 
 def import_abxi(input_dir: str | Path, domains: str | Sequence[str], out: str | Path,
@@ -41,12 +40,11 @@ def import_abxi(input_dir: str | Path, domains: str | Sequence[str], out: str | 
     folder = input_folder(input_dir)
     names = parse_domains(domains)
     check_out(out, overwrite)
-    files = {name: _find(folder, pattern) for name, pattern in
-             (("interactions", INTERACTIONS), ("item_map", ITEM_MAP), ("user_map", USER_MAP))}
+    files = find_files(folder)
 
     asins, old_to_new, n_first = _read_item_map(files["item_map"], names)
     user_names = _read_user_map(files["user_map"])
-    timelines = _read_timelines(files["interactions"], user_names, old_to_new)
+    timelines = _read_timelines(files["interactions"], user_names, old_to_new, files)
     timelines.attrs["n_first"] = n_first
     train, valid, test = leave_one_out(timelines)
 
@@ -65,13 +63,25 @@ def import_abxi(input_dir: str | Path, domains: str | Sequence[str], out: str | 
         num_negatives=cfg.num_negatives, negative_seed=cfg.negative_seed, overwrite=overwrite)
 
 
-def _find(folder: Path, name: str) -> Path:
-    if (folder / name).is_file():
-        return folder / name
-    hint = ""
-    if (folder / "items_a.txt").exists() or (folder / "Alist.txt").exists():
-        hint = "; it looks like a C2DSR folder: use --format c2dsr"
-    raise DataError(f"no {name} in this folder{hint}", folder)
+def find_files(folder: Path) -> dict[str, Path]:
+    """The interactions file (``NAME_N_preprocessed.txt``, exactly one) and the id maps of the same N."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and INTERACTIONS.match(p.name))
+    if not found:
+        hint = ""
+        if (folder / "items_a.txt").exists() or (folder / "Alist.txt").exists():
+            hint = "; it looks like a C2DSR folder: use --format c2dsr"
+        raise DataError(f"no NAME_N_preprocessed.txt interactions file (e.g. afk_50_preprocessed.txt) in this "
+                        f"folder{hint}", folder)
+    if len(found) > 1:
+        raise DataError(f"several ABXI interaction files ({', '.join(p.name for p in found)}): give --input a "
+                        "folder holding one domain pair", folder)
+    n = INTERACTIONS.match(found[0].name)["n"]
+    files = {"interactions": found[0]}
+    for key, name in (("item_map", f"map_item_{n}.txt"), ("user_map", f"map_user_{n}.txt")):
+        if not (folder / name).is_file():
+            raise DataError(f"no {name} beside {found[0].name} in this folder", folder)
+        files[key] = folder / name
+    return files
 
 
 def _read_json(path: Path) -> Any:
@@ -115,7 +125,8 @@ def _read_user_map(path: Path) -> dict[str, str]:
     return {str(uid): name for name, uid in raw.items()}
 
 
-def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: np.ndarray) -> pd.DataFrame:
+def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: np.ndarray,
+                    files: dict[str, Path]) -> pd.DataFrame:
     users, items, stamps = [], [], []
     seen: set[str] = set()
     for lineno, line in iter_lines(path):
@@ -127,7 +138,7 @@ def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: np.ndarr
                             f"{line[:80]!r}", path, lineno)
         uid = fields[0]
         if uid not in user_names:
-            raise DataError(f"user_id {uid} is not in {USER_MAP}", path, lineno)
+            raise DataError(f"user_id {uid} is not in {files['user_map'].name}", path, lineno)
         if uid in seen:
             raise DataError(f"user_id {uid} has a second line", path, lineno)
         seen.add(uid)
@@ -145,7 +156,7 @@ def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: np.ndarr
         bad = (seq < 0) | (seq >= len(old_to_new))
         new = np.where(bad, -1, old_to_new[np.clip(seq, 0, len(old_to_new) - 1)])
         if (new < 0).any():
-            raise DataError(f"item id {seq[new < 0][0]} is not in {ITEM_MAP}", path, lineno)
+            raise DataError(f"item id {seq[new < 0][0]} is not in {files['item_map'].name}", path, lineno)
         order = np.argsort(ts, kind="stable")  # the file is in time order already; ties keep file order
         users.append(user_names[uid])
         items.append(new[order])
