@@ -13,7 +13,7 @@ OUT/runs/NAME; finished runs are reused. Figures, written to OUT/bench_tema.json
   ``model.loss=sampled``, per seed, after the same epochs: sampled should match full within seed noise.
 
 The dataset folder needs ``temarec features`` and ``temarec tags`` outputs for TEMA's default modalities
-(or pass ``--set model.modalities=id,txt`` and the like).
+(or pass ``--set model.tema.modalities=id,txt`` and the like).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import torch
 
 from temarec.evaluation import evaluate
 from temarec.models.tema import TEMA, view_weights
-from temarec.train import load_run
+from temarec.runs import load_run
 
 
 class HeadMix(torch.nn.Module):
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parts: list[tuple[str, list[int], list[int], Any]] = [("fused", all_v, all_m, None)]
     if args.view_weights:
         if model.n_views != 3 or model.cfg.view_reading != "target":
-            raise SystemExit("--view-weights needs a three-view run with model.view_reading=target")
+            raise SystemExit("--view-weights needs a three-view run with model.tema.view_reading=target")
         try:
             triples = [tuple(float(x) for x in t.split(":")) for t in args.view_weights.split(",")]
         except ValueError:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         parts += [(f"head {views[v]} / {name}", [v], [i], None)
                   for v in all_v for i, name in enumerate(model.modalities)]
     rows: list[dict[str, Any]] = []
-    print(f"# {args.run}: {args.split} MRR (%), sampled protocol / full ranking; {cfg.model.view_reading} reading")
+    print(f"# {args.run}: {args.split} MRR (%), sampled protocol / full ranking; {cfg.model.settings.view_reading} reading")
     print("| part | " + " | ".join(f"{d} sampled | {d} full" for d in dataset.domains) + " |")
     print("|---|" + "---:|" * (2 * len(dataset.domains)))
     for label, keep_v, keep_m, weights in parts:

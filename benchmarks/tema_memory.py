@@ -30,7 +30,8 @@ import torch
 from temarec.config import load_config
 from temarec.data.dataset import Dataset
 from temarec.evaluation import evaluate
-from temarec.train import build_model, load_run, train_sequences
+from temarec.runs import build_model, load_run
+from temarec.train import train_sequences
 
 M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc mallopt parameters
 

@@ -20,8 +20,8 @@ def test_variants_are_distinct_valid_configs_covering_every_table_and_the_lambda
     assert names - set(variants) == {ablations.KEYWORD_ROW}
     grid = {ablations.lambda_name(a, b) for a in ablations.LAMBDA1 for b in ablations.LAMBDA2}
     assert len(grid) == 16 and grid <= set(variants) and "tema" in grid
-    assert Config().replace(**variants["lambda-0.5-0.05"]).model.lambdas == (0.5, 0.05)
-    merged = Config().replace(**variants["base-id-merged"]).model
+    assert Config().replace(**variants["lambda-0.5-0.05"]).model.settings.lambdas == (0.5, 0.05)
+    merged = Config().replace(**variants["base-id-merged"]).model.settings
     assert merged.modalities == ("id",) and merged.views == "merged"
     assert Config().replace(**variants["tags-onehot"]).tags.representation == "onehot"
 

@@ -119,7 +119,7 @@ def test_rerun_skips_finished_runs(benched, world, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("temarec.train.train_run", no_training)
+    monkeypatch.setattr("temarec.runs.train_run", no_training)
     results = bench.run_grid(world, bench.model_variants(MODELS), list(SEEDS), benched, tiny_config())
     assert list(results["results"]) == list(MODELS)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

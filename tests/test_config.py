@@ -7,8 +7,9 @@ from temarec.config import Config, load_config
 
 def test_defaults_follow_the_paper():
     cfg = Config()
-    assert cfg.model.alpha == (0.4, 0.2, 0.2)
-    assert cfg.model.lambdas == (0.3, 0.1)
+    tema = Config().replace(**{"model.name": "tema"}).model.settings
+    assert tema.alpha == (0.4, 0.2, 0.2)
+    assert tema.lambdas == (0.3, 0.1)
     assert cfg.train.batch_size == 256 and cfg.model.dropout == 0.3 and cfg.train.patience == 10
     assert cfg.tags.top_r == 5 and cfg.tags.theta == 70.0
 
@@ -16,16 +17,17 @@ def test_defaults_follow_the_paper():
 def test_yaml_then_set_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.01\n  epochs: 5\nmodel:\n  name: gru4rec\n")
-    cfg = load_config(path, ["train.lr=3e-4", "model.alpha=[0.5, 0.2, 0.1]", "model.modalities=id,tag"])
+    cfg = load_config(path, ["train.lr=3e-4", "model.tema.alpha=[0.5, 0.2, 0.1]", "model.tema.modalities=id,tag"])
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.train.epochs == 5
     assert cfg.model.name == "gru4rec"
-    assert cfg.model.alpha == (0.5, 0.2, 0.1)
-    assert cfg.model.modalities == ("id", "tag")
+    assert cfg.model.specific["tema"].alpha == (0.5, 0.2, 0.1)
+    assert cfg.model.specific["tema"].modalities == ("id", "tag")
+    assert cfg.model.settings is None  # gru4rec has no settings of its own
 
 
 def test_json_round_trip():
-    cfg = load_config(None, ["train.seed=3", "model.lambdas=[0.2,0.05]"])
+    cfg = load_config(None, ["train.seed=3", "model.tema.lambdas=[0.2,0.05]"])
     assert Config.from_dict(json.loads(cfg.to_json())) == cfg
 
 
@@ -35,7 +37,7 @@ def test_json_round_trip():
     (["train.lr=-1"], "train.lr must be > 0"),
     (["train.epochs=two"], "train.epochs must be an integer"),
     (["model.name=bert4rec"], "model.name must be one of"),
-    (["model.alpha=[0.6,0.3,0.3]"], "summing to <= 1"),
+    (["model.tema.alpha=[0.6,0.3,0.3]"], "summing to <= 1"),
     (["model.dim=30", "model.heads=4"], "divisible"),
     (["lr=1"], "section.key=value"),
 ])

@@ -22,13 +22,13 @@ from temarec.data.synthetic import write_synthetic
 WORKER = """
 import logging, sys
 from temarec.config import load_config
-from temarec.train import train_run
+from temarec.runs import train_run
 logging.basicConfig(level=logging.INFO)
 train_run(sys.argv[1], load_config(None, sys.argv[3:]), sys.argv[2])
 """
 
 DIM = 16
-SETTINGS = ["model.name=tema", "model.modalities=id", "model.loss=full", "model.dropout=0", f"model.dim={DIM}",
+SETTINGS = ["model.name=tema", "model.tema.modalities=id", "model.loss=full", "model.dropout=0", f"model.dim={DIM}",
             "model.layers=1", "data.max_len=8", "train.epochs=2", "train.batch_size=32", "train.threads=1"]
 
 

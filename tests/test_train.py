@@ -6,8 +6,8 @@ import torch
 from temarec.cli import main
 from temarec.config import load_config
 from temarec.evaluation import METRIC_ORDER
-from temarec.models.base import pad_histories
-from temarec.train import load_run, train_run
+from temarec.data.batches import pad_histories
+from temarec.runs import load_run, train_run
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_save_load_gives_the_same_scores(sasrec_run, generated_dataset):
     valid_before = json.loads((sasrec_run / "metrics.json").read_text())["test"]
     assert main(["evaluate", "--run", str(sasrec_run), "--json"]) == 0
     # re-evaluation of the saved checkpoint reproduces the recorded test metrics
-    from temarec.train import evaluate_run
+    from temarec.runs import evaluate_run
 
     again = evaluate_run(sasrec_run)["test"]
     assert again["sampled"]["Food"]["mrr"] == pytest.approx(valid_before["sampled"]["Food"]["mrr"])
@@ -109,7 +109,7 @@ def test_every_report_names_the_negatives_preset(tmp_path, tiny, capsys):
     from temarec.config import DataConfig
     from temarec.data.synthetic import write_synthetic
     from temarec.evaluation import format_report
-    from temarec.train import evaluate_run
+    from temarec.runs import evaluate_run
 
     data = write_synthetic(tmp_path / "data", DataConfig(num_negatives=50), n_users=120, items_per_genre=10)
     out = tmp_path / "run"

@@ -26,9 +26,9 @@ from temarec.fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-FULL = {"model.name": "tema", "model.modalities": "id,img,txt,tag", "model.views": "multi",
-        "tags.selection": "hybrid", "tags.representation": "weighted", "model.lambdas": "0.3,0.1"}
-MERGED_ID_TAG = {**FULL, "model.modalities": "id,tag", "model.views": "merged"}
+FULL = {"model.name": "tema", "model.tema.modalities": "id,img,txt,tag", "model.tema.views": "multi",
+        "tags.selection": "hybrid", "tags.representation": "weighted", "model.tema.lambdas": "0.3,0.1"}
+MERGED_ID_TAG = {**FULL, "model.tema.modalities": "id,tag", "model.tema.views": "merged"}
 KEYWORD_ROW = "tag-keyword-merged"
 
 # Table IV: (variant, label, paper MRR on Movie or None); the keyword row is trained on keyword/dataset
@@ -61,16 +61,16 @@ def variants(tables: tuple[str, ...] = TABLES) -> list[Variant]:
     if unknown or not tables:
         raise ValueError(f"unknown ablation tables {unknown or list(tables)}; choose among {', '.join(TABLES)}")
     rows = {
-        "base-id-merged": {**FULL, "model.modalities": "id", "model.views": "merged"},
+        "base-id-merged": {**FULL, "model.tema.modalities": "id", "model.tema.views": "merged"},
         "tag-matched-merged": MERGED_ID_TAG,
-        "tag-matched-multi": {**FULL, "model.modalities": "id,tag"},
+        "tag-matched-multi": {**FULL, "model.tema.modalities": "id,tag"},
         "tema": FULL,
         "tags-onehot": {**FULL, "tags.representation": "onehot"},
         "tags-multihot": {**FULL, "tags.representation": "multihot"},
         "tags-topr": {**FULL, "tags.selection": "topr"},
         "tags-threshold": {**FULL, "tags.selection": "threshold"},
     }
-    grid = {lambda_name(l1, l2): {**FULL, "model.lambdas": f"{l1:g},{l2:g}"} for l1 in LAMBDA1 for l2 in LAMBDA2}
+    grid = {lambda_name(l1, l2): {**FULL, "model.tema.lambdas": f"{l1:g},{l2:g}"} for l1 in LAMBDA1 for l2 in LAMBDA2}
     wanted = {"4": [v for v, _, _ in TABLE4 if v != KEYWORD_ROW], "5": [v for v, _, _ in TABLE5],
               "6": [v for v, _, _ in TABLE6], "lambda": list(grid)}
     overrides = {**rows, **grid}

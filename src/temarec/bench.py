@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from temarec.config import RUNTIME_SETTINGS, Config
+from temarec.config import RUNTIME_SETTINGS, Config, upgrade_config
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
 from temarec.significance import SLICES, format_p, read_ranks, significance_report, slices_report
@@ -79,7 +79,7 @@ def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int],
     ``variants`` are (name, config overrides), e.g. ``("sasrec", {"model.name": "sasrec"})``; each run uses
     ``base_cfg`` with the overrides and ``train.seed = seed``. Returns the results.json object.
     """
-    from temarec.train import train_run
+    from temarec.runs import train_run
 
     out = Path(out_dir)
     names = [name for name, _ in variants]
@@ -129,7 +129,7 @@ def _check_same_config(run: Path, cfg: Config) -> None:
     path = run / "config.json"
     if not path.is_file():
         return
-    diff = [k for k in cfg.changed_from(json.loads(path.read_text())) if k not in RUNTIME_SETTINGS]
+    diff = [k for k in cfg.changed_from(upgrade_config(json.loads(path.read_text()))) if k not in RUNTIME_SETTINGS]
     if diff:
         raise ValueError(f"{run} was trained with a different config ({', '.join(diff)}); "
                          "bench into another --out, or delete that run folder to retrain it")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from temarec import __version__
 from temarec.config import load_config
+from temarec.models.registry import model_names
 
 log = logging.getLogger("temarec")
 
@@ -42,7 +43,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from temarec.train import train_run
+    from temarec.runs import train_run
 
     cfg = _config(args)
     if args.model:
@@ -57,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from temarec.evaluation import format_report
-    from temarec.train import evaluate_run
+    from temarec.runs import evaluate_run
 
     metrics = evaluate_run(args.run, split=args.split, negatives=args.negatives)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
@@ -271,13 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the built-in generated world (a few minutes)")
     p.add_argument("--out", default="runs/quickstart", help="folder for data, runs and the results table")
-    p.add_argument("--models", help="comma-separated subset of pop,gru4rec,sasrec,tema (default: all)")
+    p.add_argument("--models", help=f"comma list among {','.join(model_names())} (default: pop,gru4rec,sasrec,tema)")
     _add_config_args(p)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="train one model on a dataset folder; writes a run folder")
     p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")
-    p.add_argument("--model", help="random | pop | gru4rec | sasrec | tema | c2dsr | abxi (same as --set model.name=...)")
+    p.add_argument("--model", help=f"{' | '.join(model_names())} (same as --set model.name=...)")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     _add_config_args(p)
@@ -297,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="train models x seeds; mean ± std tables (results.md) and plots")
     p.add_argument("--dataset", help="dataset folder written by `temarec prepare`")
-    p.add_argument("--models", help="comma list of models, one table row each (default pop,gru4rec,sasrec; "
-                                    "none with --ablations)")
+    p.add_argument("--models", help=f"comma list among {','.join(model_names())}, one table row each (default "
+                                    "pop,gru4rec,sasrec; none with --ablations)")
     p.add_argument("--seeds", default="3",
                    help="a count N = seeds 0..N-1 (default 3 = 0,1,2), or a comma list (0,5,7; seed 0 alone: 0,)")
     p.add_argument("--out", required=True, help="bench folder; finished runs in it are reused (resumable)")

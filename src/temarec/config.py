@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -109,50 +110,47 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "sasrec"  # random | pop | gru4rec | sasrec | tema
+    """What every model uses. A model's own settings are its section ``model.<name>`` (its ``settings_class``,
+    e.g. ``model.tema.alpha``), held in ``specific`` and read by the model as ``self.settings``."""
+
+    name: str = "sasrec"  # a registered model (temarec.models.registry); `temarec train --help` lists them
     dim: int = 64  # hidden size D (paper, TEMA: q = 256)
     layers: int = 2
     heads: int = 1
     dropout: float = 0.3
-    # TEMA (Sec. III-E/F)
-    alpha: tuple[float, float, float] = (0.4, 0.2, 0.2)  # ID, image, text; tag gets 1 - sum
-    lambdas: tuple[float, float] = (0.3, 0.1)  # lambda1 (other view), lambda2 (merged view), eqs. (15)-(16)
-    temperature: float = 0.1  # softmax temperature over cosines, eqs. (12)-(13)
-    learn_temperature: bool = True
-    similarity: str = "cosine"  # Sim of eqs. (12)-(13): cosine (paper) | dot (h . e / tau, norms kept; opt-in)
-    modalities: tuple[str, ...] = ("id", "img", "txt", "tag")
-    views: str = "multi"  # multi = S^X, S^Y, S^{X+Y}; merged = one S^{X+Y} encoder (Table IV ablation)
-    view_reading: str = "target"  # target: X = the target's domain (symmetric); fixed: X = first domain
     # full (exact, the default) | sampled (shared uniform negatives; cheaper on CPU, but measured below full's
     # validation MRR for TEMA, see docs/BENCHMARKS.md, so it is opt-in)
     loss: str = "full"
     num_sampled: int = 1024
-    sampled_correction: bool = True  # TEMA sampled loss: + log((N - 1) / S) on negatives (calibrated P_m)
-    # what eq. (14) trains: mixture = log of the alpha-fused probability (paper); separate = alpha-weighted sum of
-    # each modality head's own log-likelihood (every head fully trained; docs/DESIGN.md, "Training loss")
-    head_loss: str = "mixture"
+    # the model.<name> sections given, {model name: instance of its settings_class}; the selected model's own
+    # section is always present (its defaults when none was given)
+    specific: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check(self.name in {"random", "pop", "gru4rec", "sasrec", "tema", "c2dsr", "abxi"},
-               f"model.name must be one of random, pop, gru4rec, sasrec, tema, c2dsr, abxi; got {self.name!r}")
+        from temarec.models.registry import model_names, settings_class
+
+        names = model_names()
+        _check(self.name in names, f"model.name must be one of {', '.join(names)}; got {self.name!r}")
         _check(self.dim >= 1 and self.layers >= 1 and self.heads >= 1, "model.dim/layers/heads must be >= 1")
         _check(self.dim % self.heads == 0, f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
-        _check(len(self.alpha) == 3 and all(a >= 0 for a in self.alpha) and sum(self.alpha) <= 1.0 + 1e-9,
-               f"model.alpha needs three non-negative weights summing to <= 1, got {self.alpha}")
-        _check(len(self.lambdas) == 2 and all(v >= 0 for v in self.lambdas),
-               f"model.lambdas needs two non-negative weights, got {self.lambdas}")
-        _check(self.temperature > 0, "model.temperature must be > 0")
-        _check(set(self.modalities) <= {"id", "img", "txt", "tag"} and len(self.modalities) >= 1,
-               f"model.modalities must be a non-empty subset of id, img, txt, tag; got {self.modalities}")
-        _check(self.views in {"multi", "merged"}, f"model.views must be multi or merged, got {self.views!r}")
-        _check(self.view_reading in {"target", "fixed"},
-               f"model.view_reading must be target or fixed, got {self.view_reading!r}")
-        _check(self.similarity in {"cosine", "dot"}, f"model.similarity must be cosine or dot, got {self.similarity!r}")
         _check(self.loss in {"full", "sampled"}, f"model.loss must be full or sampled, got {self.loss!r}")
         _check(self.num_sampled >= 1, "model.num_sampled must be >= 1")
-        _check(self.head_loss in {"mixture", "separate"},
-               f"model.head_loss must be mixture or separate, got {self.head_loss!r}")
+        specific = dict(self.specific)
+        for key, value in specific.items():
+            _check(key in names, f"model.{key} is not a model's section; models: {', '.join(names)}")
+            cls = settings_class(key)
+            _check(cls is not None, f"model {key} has no settings of its own; remove the model.{key} section")
+            _check(isinstance(value, cls), f"model.{key} must be a {cls.__name__}, got {type(value).__name__}")
+        own = settings_class(self.name)
+        if own is not None and self.name not in specific:
+            specific[self.name] = own()
+        object.__setattr__(self, "specific", specific)
+
+    @property
+    def settings(self) -> Any:
+        """The selected model's own settings (an instance of its ``settings_class``), or None if it has none."""
+        return self.specific.get(self.name)
 
 
 @dataclass(frozen=True)
@@ -217,17 +215,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain sections; a model's own settings appear as the sub-section ``model.<name>``."""
+        raw = dataclasses.asdict(self)
+        raw["model"].update(raw["model"].pop("specific"))
+        return raw
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def changed_from(self, old: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """{"section.key": (old value, this config's value)} for every setting that differs from ``old``, a
-        config.json as written into a run folder (JSON values: tuples compare as lists)."""
-        new = json.loads(self.to_json())
-        return {f"{s}.{k}": (old.get(s, {}).get(k), v) for s in new for k, v in new[s].items()
-                if old.get(s, {}).get(k) != v}
+        config.json as written into a run folder (JSON values: tuples compare as lists); a model's own settings
+        are compared key by key ("model.tema.alpha")."""
+        new, old = _flat(json.loads(self.to_json())), _flat(old)
+        return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":
@@ -237,7 +238,8 @@ class Config:
         built = {}
         for f in dataclasses.fields(cls):
             section_cls = f.default_factory  # type: ignore[misc]
-            built[f.name] = _build_section(section_cls, f.name, raw.get(f.name) or {})
+            build = _build_model_section if f.name == "model" else partial(_build_section, section_cls, f.name)
+            built[f.name] = build(raw.get(f.name) or {})
         return cls(**built)
 
     def replace(self, **overrides: str) -> "Config":
@@ -258,6 +260,36 @@ def _build_section(section_cls: type, name: str, values: dict[str, Any]) -> Any:
         default = getattr(section_cls(), key)
         kwargs[key] = _coerce(value, default, f"{name}.{key}")
     return section_cls(**kwargs)
+
+
+def _build_model_section(values: dict[str, Any]) -> ModelConfig:
+    """The shared keys of ``model`` plus one sub-section per model with settings of its own (``model.tema``)."""
+    from temarec.models.registry import model_names, settings_class
+
+    _check(isinstance(values, dict), f"config section 'model' must be a mapping, got {type(values).__name__}")
+    shared = {f.name for f in dataclasses.fields(ModelConfig)} - {"specific"}
+    names = model_names()
+    unknown = sorted(k for k in values if k not in shared and k not in names)
+    _check(not unknown, f"unknown key(s) {unknown} in config section 'model'{_moved_hint(unknown)}; valid keys: "
+                        f"{sorted(shared)}, or a model's own section (model.NAME.KEY)")
+    specific = {}
+    for key in (k for k in values if k not in shared):
+        cls = settings_class(key)
+        _check(cls is not None, f"model {key} has no settings of its own; remove the model.{key} section")
+        specific[key] = _build_section(cls, f"model.{key}", values[key] or {})
+    config = _build_section(ModelConfig, "model", {k: v for k, v in values.items() if k in shared})
+    return dataclasses.replace(config, specific=specific)
+
+
+def _moved_hint(keys: list[str]) -> str:
+    """' (model.alpha is now model.tema.alpha)' for keys that belong to a model's own section."""
+    from temarec.models.registry import model_names, settings_class
+
+    moved = []
+    for key in keys:
+        owners = [n for n in model_names() if (c := settings_class(n)) and key in {f.name for f in dataclasses.fields(c)}]
+        moved += [f"model.{key} is now {' or '.join(f'model.{n}.{key}' for n in owners)}"] if owners else []
+    return f" ({'; '.join(moved)})" if moved else ""
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -291,14 +323,25 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 def _apply_override(raw: dict[str, Any], key: str, value: str) -> None:
     parts = key.split(".")
-    _check(len(parts) == 2, f"--set expects section.key=value (e.g. train.lr=3e-4), got {key!r}")
-    section, name = parts
+    _check(len(parts) == 2 or (len(parts) == 3 and parts[0] == "model"),
+           f"--set expects section.key=value (e.g. train.lr=3e-4, model.tema.alpha=[0.4,0.2,0.2]), got {key!r}")
+    section, name = parts[0], parts[-1]
     _check(section in raw, f"unknown config section {section!r} in --set {key}; valid: {sorted(raw)}")
-    _check(name in raw[section], f"unknown key {name!r} in section {section!r}; valid: {sorted(raw[section])}")
+    target = raw[section]
+    if len(parts) == 3:
+        from temarec.models.registry import model_names, settings_class
+
+        model = parts[1]
+        _check(model in model_names(), f"--set {key}: {model!r} is not a model; models: {', '.join(model_names())}")
+        cls = settings_class(model)
+        _check(cls is not None, f"--set {key}: model {model} has no settings of its own")
+        target = raw[section].setdefault(model, dataclasses.asdict(cls()))
+    _check(name in target, f"unknown key {name!r} in section {'.'.join(parts[:-1])!r}"
+                           f"{_moved_hint([name]) if section == 'model' else ''}; valid: {sorted(target)}")
     parsed = yaml.safe_load(value) if isinstance(value, str) else value
-    if isinstance(raw[section][name], str) and not isinstance(parsed, str):
+    if isinstance(target[name], str) and not isinstance(parsed, str):
         parsed = value  # keep strings verbatim ("model.name=1e3" stays a string)
-    raw[section][name] = parsed
+    target[name] = parsed
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -327,3 +370,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- YAML file <- ``--set`` overrides, validated."""
     cfg = Config.from_dict(read_yaml(path) if path is not None else {})
     return cfg.replace(**parse_overrides(overrides)) if overrides else cfg
+
+
+def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"dim": 64, "tema": {"alpha": [...]}}} -> {"model.dim": 64, "model.tema.alpha": [...]}."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Before model-specific sections existed (2026-11), TEMA's settings were keys of ``model`` itself; every run folder
+# of that time has them all in its config.json, whatever the model. ``upgrade_config`` moves them.
+LEGACY_TEMA_KEYS = ("alpha", "lambdas", "temperature", "learn_temperature", "similarity", "modalities", "views",
+                    "view_reading", "sampled_correction", "head_loss")
+
+
+def upgrade_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of any temarec version -> today's layout (a copy); TEMA's flat keys move to model.tema."""
+    raw = json.loads(json.dumps(raw))
+    model = raw.get("model")
+    if isinstance(model, dict) and any(k in model for k in LEGACY_TEMA_KEYS):
+        moved = {k: model.pop(k) for k in LEGACY_TEMA_KEYS if k in model}
+        if model.get("name") == "tema":
+            model["tema"] = {**moved, **(model.get("tema") or {})}
+    return raw

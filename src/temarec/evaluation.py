@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from temarec.config import EvalConfig
+from temarec.data.batches import pad_histories
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
-from temarec.models.base import SequentialModel, pad_histories
 from temarec.significance import instance_frame
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,19 @@ def expected_random_mrr(num_candidates: int) -> float:
     return sum(1.0 / r for r in range(1, num_candidates + 1)) / num_candidates
 
 
+class Scorer(Protocol):
+    """What evaluation needs of a model (every ``temarec.models.base.SequentialModel`` is one)."""
+
+    name: str
+
+    def eval(self) -> Any: ...
+
+    def parameters(self) -> Iterator[torch.Tensor]: ...
+
+    def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
+        """history (B, L) left-padded ids -> (B, N_domain) scores."""
+
+
 @dataclass
 class Ranks:
     """Per-instance ranks of one split, in the split's row order."""
@@ -71,7 +84,7 @@ class Ranks:
 
 
 @torch.no_grad()
-def rank_split(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> Ranks:
+def rank_split(model: Scorer, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> Ranks:
     """Score every instance of ``split`` once per domain and rank its target under both protocols."""
     frame = dataset.split(split)
     negatives = dataset.negatives(split, cfg.negatives)
@@ -114,11 +127,11 @@ def metrics_from_split_ranks(ranks: Ranks, domains: Sequence[str], cfg: EvalConf
     return out
 
 
-def evaluate(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> dict[str, Any]:
+def evaluate(model: Scorer, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> dict[str, Any]:
     return metrics_from_split_ranks(rank_split(model, dataset, split, cfg, max_len), dataset.domains, cfg)
 
 
-def evaluate_with_ranks(model: SequentialModel, dataset: Dataset, split: str, cfg: EvalConfig,
+def evaluate_with_ranks(model: Scorer, dataset: Dataset, split: str, cfg: EvalConfig,
                         max_len: int) -> tuple[dict[str, Any], pd.DataFrame]:
     """``evaluate``'s metrics and the per-instance ranks behind them (the layout of a run's ranks.parquet)."""
     ranks = rank_split(model, dataset, split, cfg, max_len)

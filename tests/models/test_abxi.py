@@ -25,7 +25,7 @@ def make_model(**overrides) -> ABXI:
 
 def _build(settings: dict) -> ABXI:
     torch.manual_seed(0)
-    return ABXI(ModelConfig(name="abxi"), CTX, ABXISettings(**settings)).eval()
+    return ABXI(ModelConfig(name="abxi", specific={"abxi": ABXISettings(**settings)}), CTX).eval()
 
 
 def test_training_alignment_feeds_each_target_the_latest_item_of_its_domain_before_it():
@@ -140,7 +140,7 @@ TINY_RUN = ["model.name=abxi", "train.epochs=1", "data.max_len=10", "train.batch
 def test_train_resume_and_recommend_on_the_generated_world(generated_dataset, tmp_path, one_thread):
     from temarec.config import load_config
     from temarec.serve.recommender import Recommender
-    from temarec.train import train_run
+    from temarec.runs import train_run
 
     out = tmp_path / "run"
     cfg = load_config(None, TINY_RUN)

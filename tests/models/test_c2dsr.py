@@ -29,8 +29,9 @@ def make_ctx(train=TRAIN, sizes=SIZES) -> ModelContext:
 
 def make_model(settings: C2DSRSettings | None = None, **overrides) -> C2DSR:
     torch.manual_seed(0)
-    cfg = ModelConfig(name="c2dsr", dim=16, layers=2, heads=2, dropout=0.1, **overrides)
-    return C2DSR(cfg, make_ctx(), settings).eval()
+    cfg = ModelConfig(name="c2dsr", dim=16, layers=2, heads=2, dropout=0.1, **overrides,
+                      specific={"c2dsr": settings or C2DSRSettings()})
+    return C2DSR(cfg, make_ctx()).eval()
 
 
 def dense(graph) -> torch.Tensor:

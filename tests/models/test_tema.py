@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from temarec.config import Config, ModelConfig
 from temarec.models import tema
 from temarec.models.base import ModelContext
-from temarec.models.tema import TEMA, ChunkedLogSumExp, modality_weights, view_gather, view_weights
+from temarec.models.tema import TEMA, ChunkedLogSumExp, TemaSettings, modality_weights, view_gather, view_weights
 
 N0, N1 = 7, 5  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
 HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
@@ -40,8 +40,9 @@ def make_ctx(counts: np.ndarray | None = None, **extras) -> ModelContext:
 
 def make_model(ctx: ModelContext | None = None, **overrides) -> TEMA:
     torch.manual_seed(0)
+    own = {k: overrides.pop(k) for k in list(overrides) if k in TemaSettings.__dataclass_fields__}
     cfg = ModelConfig(**{"name": "tema", "dim": 16, "heads": 2, "layers": 2, "dropout": 0.1, "loss": "full",
-                         **overrides})
+                         **overrides}, specific={"tema": TemaSettings(**own)})
     return TEMA(cfg, ctx or make_ctx()).eval()
 
 
@@ -355,7 +356,7 @@ def test_item_matrices_are_cached_only_while_frozen_and_never_stale():
 def test_missing_modality_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="ctx.extras"):
         make_model(make_ctx(features={}))
-    cfg = Config().replace(**{"model.name": "tema", "model.modalities": "id,txt"})
+    cfg = Config().replace(**{"model.name": "tema", "model.tema.modalities": "id,txt"})
     with pytest.raises(ValueError, match="temarec features --dataset"):
         TEMA.context_extras(SimpleNamespace(root=tmp_path), cfg)
 
@@ -385,7 +386,7 @@ def test_encoding_in_length_groups_changes_nothing(monkeypatch, overfit):
 
 
 def test_describe_sources_names_weights_views_and_loss(tmp_path):
-    cfg = Config().replace(**{"model.name": "tema", "model.modalities": "id", "model.loss": "sampled",
+    cfg = Config().replace(**{"model.name": "tema", "model.tema.modalities": "id", "model.loss": "sampled",
                               "model.num_sampled": "100"})
     dataset = SimpleNamespace(root=tmp_path, domains=("Food", "Kitchen"), domain_sizes=(500, 50))
     sources = TEMA.describe_sources(dataset, cfg)

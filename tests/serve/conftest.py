@@ -15,7 +15,7 @@ from temarec.data.dataset import Dataset, write_dataset
 from temarec.data.synthetic import GENRES, write_synthetic
 
 TINY = {"train.epochs": "1", "model.dim": "16", "data.max_len": "10", "train.batch_size": "64",
-        "eval.batch_size": "256", "model.modalities": "id,tag", "tags.match_backend": "keyword"}
+        "eval.batch_size": "256", "model.tema.modalities": "id,tag", "tags.match_backend": "keyword"}
 # Kitchen items that no training sequence contains: only their text (and so their tags) describes them
 COLD = {"KCOLD-tea": ("Cast iron teapot with tea tin", "Part of the tea kitchen range."),
         "KCOLD-bbq": ("Smoker box with grill brush and tongs", "Part of the bbq kitchen range.")}
@@ -60,7 +60,7 @@ def serve_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(serve_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """trained_run("sasrec") -> a finished run folder of that model on ``serve_dataset``."""
-    from temarec.train import train_run
+    from temarec.runs import train_run
 
     runs: dict[str, Path] = {}
     root = tmp_path_factory.mktemp("runs")

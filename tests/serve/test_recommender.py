@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from temarec.models.base import pad_histories
+from temarec.data.batches import pad_histories
 from temarec.serve.recommender import RecommendError, UnknownItemsError
 
 MODELS = ("random", "pop", "gru4rec", "sasrec", "tema", "abxi")

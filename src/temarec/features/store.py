@@ -27,7 +27,7 @@ from temarec.fileio import atomic_write, write_json_atomic
 
 FEATURES_DIR = "features"
 FORMAT_VERSION = 1
-# Modality names as the model config spells them (model.modalities) -> file stem.
+# Modality names as the model config spells them (model.tema.modalities) -> file stem.
 MODALITY_FILES = {"txt": "text", "img": "image"}
 
 

@@ -127,12 +127,15 @@ class ABXI(SequentialModel):
     """Shared encoder + domain LoRAs over X, A, B; invariant projector + invariant LoRAs; InfoNCE loss."""
 
     name = "abxi"
+    not_factorizable = ("has a user state that depends on the target domain (its single-domain view and invariant "
+                        "LoRA), which one state vector per history cannot express; the exporter does not write that "
+                        "form yet")
     settings_class = ABXISettings
 
-    def __init__(self, cfg: ModelConfig, ctx: ModelContext, settings: ABXISettings | None = None):
+    settings: ABXISettings
+
+    def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)
-        if not hasattr(self, "settings"):
-            self.settings = settings or ABXISettings()
         s = self.settings
         if min(ctx.domain_sizes) < 1:
             raise ValueError(f"ABXI needs items in both domains, got sizes {dict(zip(ctx.domains, ctx.domain_sizes))}")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from temarec.config import ModelConfig
+from temarec.models.registry import register
 
 
 @dataclass
@@ -41,17 +42,33 @@ class ModelContext:
 class SequentialModel(nn.Module):
     """Histories in, one domain's item scores out.
 
-    Subclasses set ``name`` and implement ``training_loss`` and ``score_domain``. Models with no
-    parameters to learn (random, pop) set ``trainable = False`` and are fitted in ``fit_statistics``.
+    Subclasses set ``name`` (which registers them: ``temarec train --model NAME`` then finds them, nothing else
+    lists models) and implement ``training_loss`` and ``score_domain``. Models with no parameters to learn
+    (random, pop) set ``trainable = False`` and are fitted in ``fit_statistics``. A model with settings of its own
+    sets ``settings_class`` to a frozen dataclass (validated in its ``__post_init__``); the user sets them in the
+    config section ``model.<name>`` and the model reads them as ``self.settings``.
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    settings_class: ClassVar[type | None] = None
+    # serving: True when scores are state(history) @ item matrix (see ``state_module``); else why not, for users
+    factorizable: ClassVar[bool] = False
+    not_factorizable: ClassVar[str] = "has no state @ item-matrix form"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            register(cls)
 
     def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__()
         self.cfg = cfg
         self.ctx = ctx
+        # the section model.<name> of the config (cfg.specific[name]), or the settings class's defaults
+        self.settings = cfg.specific.get(self.name) if self.settings_class is not None else None
+        if self.settings_class is not None and self.settings is None:
+            self.settings = self.settings_class()
 
     @classmethod
     def context_extras(cls, dataset: Any, cfg: Any) -> dict[str, Any]:
@@ -85,6 +102,15 @@ class SequentialModel(nn.Module):
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of ``extra_state``."""
 
+    def state_module(self, exportable: bool = False) -> nn.Module:
+        """Factorizable models: a module history (B, L) -> (B, D) whose product with ``item_matrix`` rows gives
+        ``score_domain``; ``exportable`` asks for one that ONNX can trace."""
+        raise NotImplementedError(f"{self.name} {self.not_factorizable}")
+
+    def item_matrix(self) -> torch.Tensor:
+        """Factorizable models: (1 + n_items, D) item vectors, row 0 = padding, scored against ``state_module``."""
+        raise NotImplementedError(f"{self.name} {self.not_factorizable}")
+
 
 class TiedItemModel(SequentialModel):
     """A sequence encoder whose states score items through the item embedding itself (GRU4Rec, SASRec).
@@ -94,9 +120,16 @@ class TiedItemModel(SequentialModel):
     """
 
     item_emb: nn.Embedding
+    factorizable = True
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def state_module(self, exportable: bool = False) -> nn.Module:
+        return LastState(self)
+
+    def item_matrix(self) -> torch.Tensor:
+        return self.item_emb.weight
 
     def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs (B, L+1) -> scalar: next-item cross-entropy, softmax within each target's domain."""
@@ -110,6 +143,17 @@ class TiedItemModel(SequentialModel):
         """history (B, L) -> (B, N_domain) scores from the state after the most recent item."""
         h = self.encode(history)[:, -1]  # (B, D)
         return h @ self.item_emb.weight[self.ctx.domain_slice(domain)].T  # (B, N)
+
+
+class LastState(nn.Module):
+    """history (B, L) ids -> (B, D) a tied model's state at the most recent position."""
+
+    def __init__(self, model: TiedItemModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(history)[:, -1]  # (B, D)
 
 
 def domain_of_ids(ids: torch.Tensor, n_first: int) -> torch.Tensor:
@@ -151,16 +195,3 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_matrix: torch.Te
             total = total + nn.functional.cross_entropy(
                 logits, torch.zeros(len(rows), dtype=torch.long, device=h.device), reduction="sum")
     return total / max(1, targets.numel())
-
-
-def pad_histories(histories: list, max_len: int) -> torch.Tensor:
-    """Histories of internal idx (most recent last) -> (B, max_len) ids (idx + 1), left-padded with 0.
-
-    Longer histories keep their ``max_len`` most recent items.
-    """
-    out = torch.zeros(len(histories), max_len, dtype=torch.long)
-    for row, hist in enumerate(histories):
-        hist = np.asarray(hist, dtype=np.int64)[-max_len:]
-        if len(hist):
-            out[row, max_len - len(hist):] = torch.from_numpy(hist + 1)
-    return out

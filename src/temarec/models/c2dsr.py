@@ -189,11 +189,13 @@ class C2DSR(SequentialModel):
 
     name = "c2dsr"
     settings_class = C2DSRSettings
+    not_factorizable = ("scores a domain with two encoders (merged and single-domain) and a per-item bias; the "
+                        "exporter does not write that form yet")
 
-    def __init__(self, cfg: ModelConfig, ctx: ModelContext, settings: C2DSRSettings | None = None):
+    settings: C2DSRSettings
+
+    def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)
-        if not hasattr(self, "settings"):
-            self.settings = settings or C2DSRSettings()
         n_x, n_y = ctx.domain_sizes
         if min(n_x, n_y) < 1:
             raise ValueError(f"c2dsr needs items in both domains, got {ctx.domains[0]} {n_x} / {ctx.domains[1]} {n_y}; "

@@ -66,3 +66,28 @@ class GRU4Rec(TiedItemModel):
         out = self.encoder(x, valid.sum(1))  # (B, L, D)
         out = out * valid[..., None]  # padding positions (and all-padding rows) hold the empty state
         return self.proj(self.drop(out))  # (B, L, D)
+
+    def state_module(self, exportable: bool = False) -> nn.Module:
+        return GRUState(self) if exportable else super().state_module()
+
+
+class GRUState(nn.Module):
+    """GRU4Rec's last state without packed sequences, for ONNX export (packing does not trace).
+
+    Rows are rolled so real items come first; a plain GRU then reads each row's items from the zero state,
+    exactly as the packed GRU of ``GRU4Rec.encode`` does, and the output at position length - 1 is the state.
+    Positions past a row's length read padding and are never used. An empty history gives the zero state, as
+    ``encode`` does (it zeroes padding outputs before the projection).
+    """
+
+    def __init__(self, model: GRU4Rec):
+        super().__init__()
+        self.item_emb, self.gru, self.proj = model.item_emb, model.encoder.gru, model.proj
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        lengths = (history > 0).sum(1)  # (B,)
+        x = roll_rows(self.item_emb(history), lengths)  # (B, L, D) real items first
+        out, _ = self.gru(x)  # (B, L, D)
+        last = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, out.size(-1))  # (B, 1, D) gather index
+        h = out.gather(1, last)[:, 0] * (lengths > 0)[:, None].to(out.dtype)  # (B, D)
+        return self.proj(h)  # (B, D)

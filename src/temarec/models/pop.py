@@ -19,6 +19,7 @@ class RandomModel(SequentialModel):
 
     name = "random"
     trainable = False
+    not_factorizable = "has no sequence encoder to export (its scores do not depend on the history)"
 
     def __init__(self, cfg: ModelConfig, ctx: ModelContext, seed: int | None = None):
         super().__init__(cfg, ctx)
@@ -37,6 +38,7 @@ class PopModel(SequentialModel):
 
     name = "pop"
     trainable = False
+    not_factorizable = "has no sequence encoder to export (its scores do not depend on the history)"
 
     def __init__(self, cfg: ModelConfig, ctx: ModelContext, seed: int | None = None):
         super().__init__(cfg, ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,13 +39,51 @@ MIN_CHUNK_ROWS = 64  # ... but never fewer rows per matmul than this
 SCORE_ROWS = 128  # histories score_domain sums the heads for at once ((rows, N) buffers of a few MB)
 
 
+@dataclass(frozen=True)
+class TemaSettings:
+    """TEMA's own settings, the config section ``model.tema`` (Sec. III-E/F; readings in docs/DESIGN.md)."""
+
+    alpha: tuple[float, float, float] = (0.4, 0.2, 0.2)  # ID, image, text; tag gets 1 - sum, eq. (13)
+    lambdas: tuple[float, float] = (0.3, 0.1)  # lambda1 (other view), lambda2 (merged view), eqs. (15)-(16)
+    temperature: float = 0.1  # softmax temperature over cosines, eqs. (12)-(13)
+    learn_temperature: bool = True
+    similarity: str = "cosine"  # Sim of eqs. (12)-(13): cosine (paper) | dot (h . e / tau, norms kept; opt-in)
+    modalities: tuple[str, ...] = ("id", "img", "txt", "tag")
+    views: str = "multi"  # multi = S^X, S^Y, S^{X+Y}; merged = one S^{X+Y} encoder (Table IV ablation)
+    view_reading: str = "target"  # target: X = the target's domain (symmetric); fixed: X = first domain
+    sampled_correction: bool = True  # sampled loss (model.loss): + log((N - 1) / S) on negatives (calibrated P_m)
+    # what eq. (14) trains: mixture = log of the alpha-fused probability (paper); separate = alpha-weighted sum of
+    # each modality head's own log-likelihood (every head fully trained; docs/DESIGN.md, "Training loss")
+    head_loss: str = "mixture"
+
+    def __post_init__(self) -> None:
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(message)
+
+        check(len(self.alpha) == 3 and all(a >= 0 for a in self.alpha) and sum(self.alpha) <= 1.0 + 1e-9,
+              f"model.tema.alpha needs three non-negative weights summing to <= 1, got {self.alpha}")
+        check(len(self.lambdas) == 2 and all(v >= 0 for v in self.lambdas),
+              f"model.tema.lambdas needs two non-negative weights, got {self.lambdas}")
+        check(self.temperature > 0, "model.tema.temperature must be > 0")
+        check(set(self.modalities) <= set(MODALITIES) and len(self.modalities) >= 1,
+              f"model.tema.modalities must be a non-empty subset of id, img, txt, tag; got {self.modalities}")
+        check(self.views in {"multi", "merged"}, f"model.tema.views must be multi or merged, got {self.views!r}")
+        check(self.view_reading in {"target", "fixed"},
+              f"model.tema.view_reading must be target or fixed, got {self.view_reading!r}")
+        check(self.similarity in {"cosine", "dot"},
+              f"model.tema.similarity must be cosine or dot, got {self.similarity!r}")
+        check(self.head_loss in {"mixture", "separate"},
+              f"model.tema.head_loss must be mixture or separate, got {self.head_loss!r}")
+
+
 def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, ...]) -> dict[str, float]:
     """eq. (13) fusion weights of the modalities in use, renormalised to sum to 1 when some are absent."""
     raw = {"id": alpha[0], "img": alpha[1], "txt": alpha[2], "tag": 1.0 - sum(alpha)}
     kept = {m: raw[m] for m in MODALITIES if m in modalities}
     total = sum(kept.values())
     if total <= 0:
-        raise ValueError(f"model.alpha {tuple(alpha)} gives zero weight to every modality in use {modalities}; "
+        raise ValueError(f"model.tema.alpha {tuple(alpha)} gives zero weight to every modality in use {modalities}; "
                          "raise the weight of one of them")
     return {m: w / total for m, w in kept.items()}
 
@@ -226,17 +265,22 @@ class TEMA(SequentialModel):
     """Items (eqs. 3-9) -> three views x M modalities of causal encoders (eqs. 10-11) -> fused scores (12-17)."""
 
     name = "tema"
+    settings_class = TemaSettings
+    not_factorizable = ("combines several sequence views and modalities per domain, which one state vector and one "
+                        "item matrix cannot express, so ONNX export is not supported")
+    settings: TemaSettings
 
     def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)
-        self.modalities = tuple(m for m in MODALITIES if m in ctx.extras.get("modalities", cfg.modalities))
+        s = self.settings
+        self.modalities = tuple(m for m in MODALITIES if m in ctx.extras.get("modalities", s.modalities))
         missing = [m for m in self.modalities if (m in CONTENT and m not in ctx.extras.get("features", {}))
                    or (m == "tag" and "tag_vectors" not in ctx.extras)]
         if missing:
             raise ValueError(f"TEMA needs {missing} in ctx.extras (built by TEMA.context_extras from the dataset "
-                             "folder); run `temarec features` / `temarec tags`, or drop them from model.modalities")
-        self.alpha = modality_weights(cfg.alpha, self.modalities)
-        self.n_views = 3 if cfg.views == "multi" else 1
+                             "folder); run `temarec features` / `temarec tags`, or drop them from model.tema.modalities")
+        self.alpha = modality_weights(s.alpha, self.modalities)
+        self.n_views = 3 if s.views == "multi" else 1
         V, M, D = self.n_views, len(self.modalities), cfg.dim
         self.register_buffer("log_alpha", torch.log(torch.tensor([self.alpha[m] for m in self.modalities])),
                              persistent=False)  # (M,)
@@ -252,8 +296,8 @@ class TEMA(SequentialModel):
         g = torch.Generator().manual_seed(TIE_BREAK_SEED)
         self.register_buffer("tie_break", TIE_BREAK_SCALE * torch.rand(ctx.n_items, generator=g),
                              persistent=False)  # (n,) added to log-scores: a factor of at most 1.001
-        log_tau = torch.full((V, M), math.log(cfg.temperature))  # one temperature per (view, modality)
-        if cfg.learn_temperature:
+        log_tau = torch.full((V, M), math.log(s.temperature))  # one temperature per (view, modality)
+        if s.learn_temperature:
             self.log_tau = nn.Parameter(log_tau)
         else:
             self.register_buffer("log_tau", log_tau)
@@ -283,11 +327,11 @@ class TEMA(SequentialModel):
         """h (V, M, P, D) -> the query side of eqs. (12)-(13): h / (||h|| tau_{v,m}) for ``cosine`` (a dot product
         with a unit item vector is then cos / tau); h / tau_{v,m} for ``dot``."""
         tau = self.log_tau.exp().clamp(min=MIN_TEMPERATURE)[:, :, None, None]
-        return (F.normalize(h, dim=-1) if self.cfg.similarity == "cosine" else h) / tau
+        return (F.normalize(h, dim=-1) if self.settings.similarity == "cosine" else h) / tau
 
     def candidates(self, items: torch.Tensor) -> torch.Tensor:
         """The item side of eqs. (12)-(13): unit rows for ``cosine``, the vectors themselves for ``dot``."""
-        return F.normalize(items, dim=-1) if self.cfg.similarity == "cosine" else items
+        return F.normalize(items, dim=-1) if self.settings.similarity == "cosine" else items
 
     def logits(self, h: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """Sim(h, E_m) over the temperature: h (V, M, P, D), cand (M, C, D) -> (V, M, P, C)."""
@@ -328,7 +372,7 @@ class TEMA(SequentialModel):
         of the mixture's (Jensen), whose gradient reaches every head in full instead of in proportion to how
         well it already predicts the target (see docs/DESIGN.md, "Training loss"). Scores are eq. (16) either way.
         """
-        if self.cfg.head_loss == "separate":
+        if self.settings.head_loss == "separate":
             return (self.log_alpha.exp()[None, :, None] * log_p).sum(1)
         return torch.logsumexp(self.log_alpha[None, :, None] + log_p, dim=1)
 
@@ -350,9 +394,9 @@ class TEMA(SequentialModel):
         hits = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # (position, negative) pairs
         lse = _log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
         # each negative stands for (N - 1) / S items, so the sum estimates the full softmax's normaliser and
-        # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities); model.sampled_correction off
+        # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities); model.tema.sampled_correction off
         # gives the plain softmax over target + negatives, as SASRec's sampled loss (docs/DESIGN.md)
-        shift = math.log((n - 1) / len(neg)) if self.cfg.sampled_correction else 0.0
+        shift = math.log((n - 1) / len(neg)) if self.settings.sampled_correction else 0.0
         log_z = torch.logaddexp(pos, lse + shift)  # (V, M, P)
         return pos - log_z  # (V, M, P)
 
@@ -376,7 +420,7 @@ class TEMA(SequentialModel):
                 continue
             local = targets[rows] - self.ctx.domain_slice(d).start  # (P_d,)
             log_p = self.head_log_prob(self._domain_log_prob(h[:, :, rows], local, d))  # (V, P_d)
-            w = torch.tensor(view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, d),
+            w = torch.tensor(view_weights(self.settings.views, self.settings.view_reading, self.settings.lambdas, d),
                              device=h.device)  # (V,) eq. (15): 1, lambda1, lambda2
             total = total - (w[:, None] * log_p).sum()  # eq. (14) per view
         return total / max(1, len(targets))
@@ -452,7 +496,7 @@ class TEMA(SequentialModel):
         Views or modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0.
         ``weights`` replaces the view weights w_V of the config (a diagnostic: re-weighting a trained model's views).
         """
-        w = weights or view_weights(self.cfg.views, self.cfg.view_reading, self.cfg.lambdas, domain)
+        w = weights or view_weights(self.settings.views, self.settings.view_reading, self.settings.lambdas, domain)
         log_w = torch.tensor([math.log(x) if x > 0 and (views is None or v in views) else -math.inf
                               for v, x in enumerate(w)], device=self.log_alpha.device)  # (V,)
         log_a = self.log_alpha.masked_fill(torch.tensor([modalities is not None and m not in modalities
@@ -528,7 +572,7 @@ class TEMA(SequentialModel):
     def context_extras(cls, dataset: Any, cfg: Any) -> dict[str, Any]:
         """Frozen features and tag vectors from the dataset folder; missing image features drop "img"."""
         root = dataset.root
-        mods = _usable_modalities(root, cfg.model.modalities, log_drop=True)
+        mods = _usable_modalities(root, cfg.model.specific["tema"].modalities, log_drop=True)
         extras: dict[str, Any] = {"modalities": mods}
         if any(m in CONTENT for m in mods):
             from temarec.features.store import load_features
@@ -542,14 +586,14 @@ class TEMA(SequentialModel):
                 vectors, names = load_tag_vectors(root, selection=cfg.tags.selection,
                                                   representation=cfg.tags.representation)
             except FileNotFoundError as exc:
-                raise ValueError(f"model.modalities includes tag but {root} has no tags ({exc}); run "
-                                 f"`temarec tags --dataset {root}` or drop tag from model.modalities") from exc
+                raise ValueError(f"model.tema.modalities includes tag but {root} has no tags ({exc}); run "
+                                 f"`temarec tags --dataset {root}` or drop tag from model.tema.modalities") from exc
             extras["tag_vectors"], extras["tag_names"] = vectors, list(names)
         return extras
 
     @classmethod
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
-        root, m = dataset.root, cfg.model
+        root, m = dataset.root, cfg.model.specific["tema"]
         mods = _usable_modalities(root, m.modalities)
         encoders = "none (no text or image modality)"
         if any(x in CONTENT for x in mods):
@@ -574,11 +618,12 @@ class TEMA(SequentialModel):
             notes.append(f"views S^{d0}, S^{d1}, S^{d0}+{d1} ({reading}; lambdas {m.lambdas[0]}, {m.lambdas[1]})")
         else:
             notes.append(f"one merged view S^{d0}+{d1} (ablation)")
-        if m.loss == "full" or m.num_sampled >= max(dataset.domain_sizes):
-            notes.append("loss full softmax" + ("" if m.loss == "full" else f" (model.loss sampled, but num_sampled "
-                                                                            f"{m.num_sampled} covers every domain)"))
+        loss, num_sampled = cfg.model.loss, cfg.model.num_sampled
+        if loss == "full" or num_sampled >= max(dataset.domain_sizes):
+            notes.append("loss full softmax" + ("" if loss == "full" else f" (model.loss sampled, but num_sampled "
+                                                                          f"{num_sampled} covers every domain)"))
         else:
-            notes.append(f"loss sampled softmax ({m.num_sampled} shared uniform negatives of the target's domain"
+            notes.append(f"loss sampled softmax ({num_sampled} shared uniform negatives of the target's domain"
                          + ("" if m.sampled_correction else ", no log-Q correction") + ")")
         if m.head_loss == "separate" and len(mods) > 1:
             notes.append("head loss separate (alpha-weighted sum of each modality's NLL, not the paper's mixture)")
@@ -675,11 +720,11 @@ def _usable_modalities(root: Any, requested: tuple[str, ...], log_drop: bool = F
         try:
             available = read_meta(root)["modalities"]
         except FileNotFoundError as exc:
-            raise ValueError(f"model.modalities includes {[m for m in mods if m in CONTENT]} but {root} has no "
-                             f"features; run `temarec features --dataset {root}` (or set model.modalities to "
+            raise ValueError(f"model.tema.modalities includes {[m for m in mods if m in CONTENT]} but {root} has no "
+                             f"features; run `temarec features --dataset {root}` (or set model.tema.modalities to "
                              "leave them out)") from exc
         if "txt" in mods and "txt" not in available:
-            raise ValueError(f"model.modalities includes txt but {root}/features has no text features; run "
+            raise ValueError(f"model.tema.modalities includes txt but {root}/features has no text features; run "
                              f"`temarec features --dataset {root}` with a text encoder")
         if "img" in mods and "img" not in available:
             if log_drop:

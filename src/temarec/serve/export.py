@@ -30,7 +30,8 @@ import torch
 
 from temarec.extras import require
 from temarec.serve.recommender import Recommender
-from temarec.serve.scoring import FACTORIZABLE, Factorized, factorize, probe_histories
+from temarec.runs import model_class, model_names
+from temarec.serve.scoring import Factorized, factorize, probe_histories
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,9 @@ class ExportError(ValueError):
 
 
 def _unsupported(model_name: str) -> ExportError:
-    if model_name in ("random", "pop"):
-        why = f"{model_name} has no sequence encoder to export (its scores do not depend on the history)"
-    elif model_name == "tema":
-        why = ("tema combines several sequence views and modalities per domain, which one state vector and one "
-               "item matrix cannot express, so ONNX export is not supported")
-    elif model_name == "c2dsr":
-        why = ("c2dsr scores a domain with two encoders (merged and single-domain) and a per-item bias; the "
-               "exporter does not write that form yet")
-    elif model_name == "abxi":
-        why = ("abxi's user state depends on the target domain (its single-domain view and invariant LoRA), "
-               "which one state vector per history cannot express; the exporter does not write that form yet")
-    else:
-        why = f"{model_name} has no state @ item-matrix form"
-    return ExportError(f"cannot export {model_name}: {why}; exportable models: {', '.join(FACTORIZABLE)}. "
+    why = model_class(model_name).not_factorizable
+    exportable = [n for n in model_names() if model_class(n).factorizable]
+    return ExportError(f"cannot export {model_name}: it {why}; exportable models: {', '.join(exportable)}. "
                        "Serve any model with `temarec serve`.")
 
 

@@ -27,6 +27,7 @@ import torch
 from temarec.config import Config
 from temarec.data.dataset import Dataset
 from temarec.models.base import SequentialModel
+from temarec.runs import item_counts, load_run
 from temarec.serve.scoring import Factorized, factorize
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Recommender:
         self._domain_names: list[str] = [str(d) for d in items["domain"].tolist()]
         self._offsets = dataset.domain_offsets
         self._sizes = dataset.domain_sizes
-        self._counts = _train_counts(dataset)
+        self._counts = item_counts(dataset)
         self._search_keys: list[str] | None = None
         self._popular = [self._popularity_order(d) for d in (0, 1)]  # local indices, most popular first
         self._tags = ItemTags.load(dataset, cfg)
@@ -132,8 +133,6 @@ class Recommender:
     @classmethod
     def load(cls, run_dir: str | Path, threads: int | None = None) -> "Recommender":
         """Load a run folder written by ``temarec train`` (weights via safetensors, no pickle)."""
-        from temarec.train import load_run
-
         run = Path(run_dir)
         model, dataset, cfg = load_run(run)
         run_info = json.loads((run / "run.json").read_text())
@@ -367,12 +366,6 @@ def _text_or_none(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-def _train_counts(dataset: Dataset) -> np.ndarray:
-    from temarec.train import item_counts
-
-    return item_counts(dataset)
 
 
 class ItemTags:
