@@ -146,7 +146,7 @@ def test_infomax_alone_trains_the_discriminators(one_thread):
 
 def test_train_resume_and_recommend_on_the_generated_world(generated_dataset, tmp_path, tiny, one_thread):
     from temarec.serve.recommender import Recommender
-    from temarec.train import train_run
+    from temarec.runs import train_run
 
     out = tmp_path / "run"
     cfg = load_config(None, tiny(**{"model.name": "c2dsr", "train.epochs": "1"}))
