@@ -9,7 +9,7 @@ import pytest
 from temarec.config import Config
 from temarec.data.synthetic import write_synthetic
 from temarec.tracking import flatten, local_store, scalars
-from temarec.train import train_run
+from temarec.runs import train_run
 
 TINY = {"train.epochs": "2", "model.dim": "16", "data.max_len": "10", "train.threads": "1",
         "train.batch_size": "512", "model.name": "sasrec"}
