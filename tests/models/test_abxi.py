@@ -134,7 +134,7 @@ def test_a_missing_domain_is_one_clear_error():
 
 
 TINY_RUN = ["model.name=abxi", "train.epochs=1", "data.max_len=10", "train.batch_size=64", "eval.batch_size=256",
-            "train.threads=1"]
+            "train.threads=1", *(f"model.abxi.{k}={v}" for k, v in SMALL.items())]
 
 
 def test_train_resume_and_recommend_on_the_generated_world(generated_dataset, tmp_path, one_thread):
@@ -147,6 +147,7 @@ def test_train_resume_and_recommend_on_the_generated_world(generated_dataset, tm
     first = train_run(generated_dataset, cfg, out)
     assert first["protocol"]["model"] == "abxi" and first["timing"]["epochs"] == 1
     assert "InfoNCE" in first["protocol"]["notes"]  # the loss is named in every report
+    assert "InfoNCE (tau 0.75) over 4 + 4" in first["protocol"]["notes"]  # model.abxi.* reached the model
     m = train_run(generated_dataset, cfg.replace(**{"train.epochs": "2"}), out, resume=True)
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     for domain in ("Food", "Kitchen"):
@@ -158,3 +159,13 @@ def test_train_resume_and_recommend_on_the_generated_world(generated_dataset, tm
     scores = [r["score"] for r in result]
     assert scores == sorted(scores, reverse=True)
 
+
+
+def test_cli_rejects_a_bad_lora_rank_in_one_line(generated_dataset, tmp_path, capsys):
+    from temarec.cli import main
+
+    code = main(["train", "--dataset", str(generated_dataset), "--model", "abxi", "--out", str(tmp_path / "r"),
+                 "--set", "model.abxi.invariant_rank=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "invariant_rank must be >= 1" in err
+    assert not (tmp_path / "r").exists()

@@ -156,7 +156,7 @@ class ABXI(SequentialModel):
 
     @classmethod
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
-        s = getattr(cfg.model, "abxi", None) or ABXISettings()
+        s = cfg.model.specific.get(cls.name) or ABXISettings()
         return {"encoders": "none (ID-only model)", "tags": "none (model uses no tags)",
                 "notes": f"loss: InfoNCE (tau {s.temperature}) over {s.negatives_per_domain} + "
                          f"{s.negatives_per_domain} sampled negatives of the two domains per sequence "
