@@ -181,6 +181,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from temarec.serve.recommender import Recommender, default_threads
 
     rec = Recommender.load(args.run, threads=default_threads())
+    if args.input or args.output:
+        return _recommend_file(rec, args)
+    if args.domain is None:
+        raise ValueError("--domain is required (the domain to recommend from), unless --input gives one per row")
     history = [h.strip() for h in args.history.split(",") if h.strip()] if args.history else []
     result = rec.recommend(history, args.domain, k=args.k, exclude_seen=not args.include_seen, strict=args.strict)
     if args.json:
@@ -203,6 +207,19 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         why = r.get("explanation")
         if why and why.get("tags"):
             print(f"{'':>4}  {'':<{width}}  {'':>10}  tags: {', '.join(t['tag'] for t in why['tags'])}")
+    return 0
+
+
+def _recommend_file(rec, args: argparse.Namespace) -> int:
+    from temarec.serve.batch import recommend_file
+
+    if not (args.input and args.output):
+        raise ValueError("--input and --output go together: recommend for every row of --input into --output")
+    if args.history or args.domain or args.json:
+        raise ValueError("--input takes each row's history and domain from the file; drop --history/--domain/--json")
+    report = recommend_file(rec, args.input, args.output, k=args.k, exclude_seen=not args.include_seen,
+                            strict=args.strict, batch_size=args.batch_size)
+    print(report.summary(Path(args.output)))
     return 0
 
 
@@ -313,11 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="top-k items of a domain after a history of the data's item ids")
     p.add_argument("--run", required=True, help="run folder written by `temarec train`")
     p.add_argument("--history", default="", help="comma-separated item ids, oldest first (empty: popularity)")
-    p.add_argument("--domain", required=True, help="domain to recommend from, by its data name (e.g. Kitchen)")
+    p.add_argument("--domain", help="domain to recommend from, by its data name (e.g. Kitchen)")
     p.add_argument("-k", type=_positive, default=10, help="number of items (default 10)")
     p.add_argument("--include-seen", action="store_true", help="allow items already in the history")
-    p.add_argument("--strict", action="store_true", help="fail on unknown item ids instead of skipping them")
+    p.add_argument("--strict", action="store_true", help="fail on unknown item ids instead of skipping them (with "
+                   "--input: also on the first bad row, instead of skipping and reporting it)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--input", help="many histories: .jsonl / .csv / .tsv / .parquet with user, history, domain "
+                                   "(and optionally k) per row")
+    p.add_argument("--output", help="with --input: .jsonl (one object per row) or .csv / .parquet (one row per "
+                                    "recommended item); written whole or not at all")
+    p.add_argument("--batch-size", type=_positive, default=256, help="with --input: rows scored together (256)")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("serve", help="HTTP service over a trained run (FastAPI; pip install 'temarec[serve]')")
