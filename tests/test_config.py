@@ -34,7 +34,7 @@ def test_json_round_trip():
 @pytest.mark.parametrize("override, message", [
     (["train.lrr=1"], "unknown key 'lrr'"),
     (["trian.lr=1"], "unknown config section"),
-    (["train.lr=-1"], "train.lr must be > 0"),
+    (["train.lr=-1"], "train.lr must be a finite number > 0"),
     (["train.epochs=two"], "train.epochs must be an integer"),
     (["model.name=bert4rec"], "model.name must be one of"),
     (["model.tema.alpha=[0.6,0.3,0.3]"], "summing to <= 1"),
@@ -44,6 +44,22 @@ def test_json_round_trip():
 def test_bad_values_say_what_to_do(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.device=tpu", "train.device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("train.threads=-3", "train.threads must be >= 0"),
+    ("data.max_len=100000000", "data.max_len must be in 1..4096"),
+    ("train.lr=inf", "train.lr must be a finite number"),
+    ("train.lr=.nan", "train.lr must be a finite number"),
+    ("train.lr=1e400", "train.lr must be a finite number"),
+    ("train.max_train_s=inf", "train.max_train_s must be a finite number"),
+    ("train.weight_decay=-1", "train.weight_decay must be a finite number >= 0"),
+])
+def test_settings_that_used_to_end_in_a_traceback_are_refused_when_the_config_is_read(override, message):
+    """Issue 17 #5: each of these crashed inside torch (lr=inf only once training had started)."""
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
 
 
 def test_missing_or_bad_yaml(tmp_path):

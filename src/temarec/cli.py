@@ -238,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export_model(args: argparse.Namespace) -> int:
     from temarec.serve.export import export_onnx
 
-    print(export_onnx(args.run, args.out))
+    print(export_onnx(args.run, args.out, overwrite=args.overwrite))
     return 0
 
 
@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(sasrec, gru4rec; pip install 'temarec[export]')")
     p.add_argument("--run", required=True, help="run folder written by `temarec train`")
     p.add_argument("--out", required=True, help="folder to write encoder.onnx, items_<Domain>.npy, export.json")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     p.set_defaults(func=cmd_export_model)
 
     return parser

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,12 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# longest history a model may read: attention holds (B, L, L) scores per head, so beyond this a run only runs out
+# of memory; histories longer than max_len keep their most recent items
+MAX_LEN_LIMIT = 4096
+_DEVICE = re.compile(r"cpu|cuda|cuda:\d+|mps")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     max_len: int = 50  # longest history a model sees (most recent items kept)
@@ -32,7 +40,7 @@ class DataConfig:
     min_item_count: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.max_len >= 1, f"data.max_len must be >= 1, got {self.max_len}")
+        _check(1 <= self.max_len <= MAX_LEN_LIMIT, f"data.max_len must be in 1..{MAX_LEN_LIMIT}, got {self.max_len}")
         _check(self.num_negatives >= 1, f"data.num_negatives must be >= 1, got {self.num_negatives}")
         _check(self.min_user_interactions >= 3,
                "data.min_user_interactions must be >= 3 (one test target, one valid target, one to train on)")
@@ -172,11 +180,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a finite number > 0, got {self.lr}")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        _check(self.threads >= 0, f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        _check(bool(_DEVICE.fullmatch(self.device)),
+               f"train.device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
         _check(self.optimizer in {"adam", "adamw"}, f"train.optimizer must be adam or adamw, got {self.optimizer!r}")
         _check(self.patience >= 1, f"train.patience must be >= 1, got {self.patience}")
         _check(self.eval_every >= 1, "train.eval_every must be >= 1")
-        _check(self.max_train_s >= 0, "train.max_train_s must be >= 0")
+        _check(math.isfinite(self.max_train_s) and self.max_train_s >= 0,
+               f"train.max_train_s must be a finite number >= 0 (0 = no budget), got {self.max_train_s}")
         _check(self.tracker in {"none", "tensorboard", "mlflow"},
                f"train.tracker must be none, tensorboard or mlflow, got {self.tracker!r}")
 
@@ -307,6 +321,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             except ValueError:
                 pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r}")
+        _check(abs(value) < 1e308 and math.isfinite(value), f"{where} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, tuple):
         if isinstance(value, str):

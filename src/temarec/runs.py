@@ -31,7 +31,7 @@ import torch
 
 from temarec.checkpoint import load_weights, save_weights
 from temarec.config import RESUMABLE_SETTINGS, Config, upgrade_config
-from temarec.data.dataset import NEGATIVE_PRESETS, Dataset
+from temarec.data.dataset import NEGATIVE_PRESETS, Dataset, missing_target_domains
 from temarec.evaluation import evaluate, evaluate_with_ranks
 from temarec.fileio import write_json_atomic, write_parquet_atomic
 from temarec.models.base import ModelContext, SequentialModel
@@ -100,6 +100,8 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     """Train ``cfg.model.name`` on a dataset folder, select on validation, test once; returns metrics.json."""
     dataset = Dataset.load(dataset_dir)
     out = Path(out_dir)
+    _check_device(cfg.train.device)
+    _check_validation_domains(dataset)
     dist = Distributed(cfg.train.device)
     if dist.is_main:
         _prepare_run_dir(out, resume)
@@ -141,6 +143,26 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     write_json_atomic(out / "metrics.json", metrics)
     dist.close()
     return metrics
+
+
+def _check_validation_domains(dataset: Dataset) -> None:
+    """Model selection averages the domains' validation MRR: a domain without validation targets makes it NaN."""
+    missing = missing_target_domains(dataset.valid, dataset.domains)
+    if missing:
+        raise ValueError(f"{dataset.root}: the valid split has no {missing[0]!r} target, so validation MRR (model "
+                         f"selection) is undefined; {missing[0]!r} needs users whose second-to-last interaction is "
+                         "in it: add data, or prepare with a looser filter (--set data.KEY=VALUE)")
+
+
+def _check_device(device: str) -> None:
+    """A device this torch build can use, or a ValueError that says so (torch's own error is a traceback)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device={device}, but this torch build sees no CUDA device "
+                         f"(torch {torch.__version__}); use --set train.device=cpu")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ValueError(f"train.device={device}, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device=mps, but MPS is not available here; use --set train.device=cpu")
 
 
 def _prepare_run_dir(out: Path, resume: bool) -> None:

@@ -53,3 +53,18 @@ def test_models_without_one_state_vector_are_refused_with_the_reason(trained_run
     with pytest.raises(ExportError, match=reason):
         export_onnx(trained_run(model), tmp_path / model)
     assert not (tmp_path / model).exists()
+
+
+def test_export_into_a_non_empty_folder_is_refused_and_leaves_it_untouched(trained_run, recommender, tmp_path,
+                                                                           capsys):
+    """Issue 17 #8: export-model --out DIR overwrote files inside an existing non-empty DIR."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "encoder.onnx").write_text("my own file")
+    code = main(["export-model", "--run", str(trained_run("sasrec")), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "exists and is not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert [p.name for p in out.iterdir()] == ["encoder.onnx"] and (out / "encoder.onnx").read_text() == "my own file"
+    assert main(["export-model", "--run", str(trained_run("sasrec")), "--out", str(out), "--overwrite"]) == 0
+    check_parity(out, recommender("sasrec"))
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary sibling left

@@ -24,8 +24,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, leave_one_out, write_dataset
-from temarec.data.prepare import (check_out, input_folder, iter_lines, open_text, parse_domains, source_manifest,
-                                  title_lookup)
+from temarec.data.prepare import (check_out, check_timestamp, input_folder, iter_lines, open_text, parse_domains,
+                                  source_manifest, title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +93,16 @@ def _read_json(path: Path) -> Any:
             raise DataError(f"not valid JSON ({exc})", path, line) from exc
 
 
-def _read_item_map(path: Path, domains: tuple[str, str]) -> tuple[list[str], np.ndarray, int]:
-    """{ASIN: [item_id, domain]} -> (ASINs in internal order, old id -> internal idx (-1 = none), n_first)."""
+def _read_item_map(path: Path, domains: tuple[str, str]) -> tuple[list[str], "IdMap", int]:
+    """{ASIN: [item_id, domain]} -> (ASINs in internal order, old id -> internal idx, n_first)."""
     raw = _read_json(path)
     if not isinstance(raw, dict) or not raw:
         raise DataError('expected a non-empty JSON object {"ASIN": [item_id, domain], ...}', path)
     entries = []
     for asin, value in raw.items():
-        if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int) for v in value)
-                or value[1] not in (0, 1) or value[0] < 0):
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                or value[1] not in (0, 1) or not 0 <= value[0] < 2**62):
             raise DataError(f"entry {asin!r}: expected [item_id >= 0, domain 0 or 1], got {value!r}", path)
         entries.append((value[1], value[0], asin))
     entries.sort()  # first domain first, each domain in its original id order
@@ -112,9 +113,20 @@ def _read_item_map(path: Path, domains: tuple[str, str]) -> tuple[list[str], np.
     if n_first in (0, len(entries)):
         d = 0 if n_first == 0 else 1
         raise DataError(f"domain {d} ({domains[d]!r}) has no items", path)
-    old_to_new = np.full(max(ids) + 1, -1, dtype=np.int64)
-    old_to_new[ids] = np.arange(len(ids))
-    return [e[2] for e in entries], old_to_new, n_first
+    return [e[2] for e in entries], IdMap(np.asarray(ids, dtype=np.int64)), n_first
+
+
+class IdMap:
+    """The map's item ids -> internal idx (their position in ``old_ids``), for ids of any size (no dense table)."""
+
+    def __init__(self, old_ids: np.ndarray):
+        self.order = np.argsort(old_ids, kind="stable")
+        self.sorted = old_ids[self.order]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """Internal idx of each id; -1 for an id the map does not hold."""
+        pos = np.clip(np.searchsorted(self.sorted, ids), 0, len(self.sorted) - 1)
+        return np.where(self.sorted[pos] == ids, self.order[pos], -1)
 
 
 def _read_user_map(path: Path) -> dict[str, str]:
@@ -125,7 +137,7 @@ def _read_user_map(path: Path) -> dict[str, str]:
     return {str(uid): name for name, uid in raw.items()}
 
 
-def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: np.ndarray,
+def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: IdMap,
                     files: dict[str, Path]) -> pd.DataFrame:
     users, items, stamps = [], [], []
     seen: set[str] = set()
@@ -151,10 +163,13 @@ def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: np.ndarr
         if len(pairs) < 3:
             raise DataError(f"user_id {uid} has {len(pairs)} interactions; leave-one-out needs at least 3",
                             path, lineno)
+        for item, ts in pairs:
+            if not 0 <= item < 2**62:
+                raise DataError(f"item id {item} is not in {files['item_map'].name}", path, lineno)
+            check_timestamp(ts, path, lineno)
         seq = np.array([p[0] for p in pairs], dtype=np.int64)
         ts = np.array([p[1] for p in pairs], dtype=np.int64)
-        bad = (seq < 0) | (seq >= len(old_to_new))
-        new = np.where(bad, -1, old_to_new[np.clip(seq, 0, len(old_to_new) - 1)])
+        new = old_to_new(seq)
         if (new < 0).any():
             raise DataError(f"item id {seq[new < 0][0]} is not in {files['item_map'].name}", path, lineno)
         order = np.argsort(ts, kind="stable")  # the file is in time order already; ties keep file order

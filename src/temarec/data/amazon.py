@@ -30,7 +30,7 @@ import numpy as np
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError
 from temarec.data.interactions import Interactions, Meta, filter_split_write
-from temarec.data.prepare import check_out, iter_lines, parse_domains, source_manifest
+from temarec.data.prepare import check_out, check_timestamp, iter_lines, parse_domains, source_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def import_amazon(reviews: str | Sequence[str | Path], domains: str | Sequence[s
     if meta_paths:
         files.update({f"meta_{names[0]}": meta_paths[0], f"meta_{names[1]}": meta_paths[1]})
     return filter_split_write(log, names, out, read_meta, cfg=cfg, overwrite=overwrite,
+                              inputs=",".join(str(p) for p in review_paths),
                               source=source_manifest("amazon", files), ts_divisor=1000)
 
 
@@ -90,12 +91,13 @@ def _read_reviews(paths: list[Path], domains: tuple[str, str]) -> Interactions:
                 continue
             try:
                 fields = _review_fields(json.loads(line))
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: int(inf)
                 raise DataError(f"cannot read a review record from this line ({exc})", path, lineno) from None
             if fields is None:
                 raise DataError("not an Amazon review record: expected reviewerID/asin/unixReviewTime (2014/2018) "
                                 "or user_id/parent_asin/timestamp (2023)", path, lineno)
             user, item, ms = fields
+            check_timestamp(ms, path, lineno, unit="ms")
             code = items.setdefault(item, len(items))
             if code == len(item_domain):
                 item_domain.append(d)

@@ -28,8 +28,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, eval_frame, train_frame, write_dataset
-from temarec.data.prepare import (check_out, find_file, input_folder, iter_lines, parse_domains, source_manifest,
-                                  title_lookup)
+from temarec.data.prepare import (check_out, check_timestamp, find_file, input_folder, iter_lines, parse_domains,
+                                  source_manifest, title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _read_line(where: tuple[Path, int], line: str, users: dict[str, str], n_item
             raise DataError(f"cannot read {token.strip()[:40]!r} as item|timestamp|date|", path, lineno) from None
         if not 0 <= item < n_items:
             raise DataError(f"item id {item} is out of range [0, {n_items}) of the two item files", path, lineno)
-        pairs.append((item, ts))
+        pairs.append((item, check_timestamp(ts, path, lineno)))
     pairs.sort(key=lambda p: p[1])  # stable: ties keep file order
     return users[user], [p[0] for p in pairs], [p[1] for p in pairs]
 

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from temarec.fileio import atomic_dir
+from temarec.fileio import atomic_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class DataError(ValueError):
     """Bad input data: the message names the file, the line (when known) and the problem."""
 
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
+        self.path, self.line = path, line
         where = ""
         if path is not None:
             where = f"{path}"
@@ -111,7 +112,11 @@ class Dataset:
         for path in (self.root / "negatives" / preset / f"{split}.npy",
                      *([self.root / "negatives" / f"{split}.npy"] if preset == "c2dsr" else [])):
             if path.is_file():
-                return np.load(path, allow_pickle=False)
+                try:
+                    return np.load(path, allow_pickle=False)
+                except (ValueError, OSError, EOFError) as exc:
+                    raise DataError(f"cannot read these negatives ({exc}); the dataset folder is damaged: re-run "
+                                    "`temarec prepare`", path) from exc
         if preset == "c2dsr":  # drawn in one stream over all rows by prepare: cannot be redrawn row by row
             raise DataError(f"no stored c2dsr negatives for {split}; re-run `temarec prepare`", self.root)
         if (split, preset) not in self.drawn_negatives:
@@ -140,12 +145,22 @@ class Dataset:
         if not manifest_path.is_file():
             raise DataError("not a temarec dataset folder (no manifest.json); create one with `temarec prepare`",
                             root)
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path, "the dataset folder is damaged: re-run `temarec prepare`")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise DataError(f"dataset format {manifest.get('format_version')} is not {FORMAT_VERSION}; "
                             "re-run `temarec prepare`", manifest_path)
-        frames = {name: pd.read_parquet(root / f"{name}.parquet") for name in ("items", *SPLITS)}
+        frames = {name: _read_parquet(root / f"{name}.parquet") for name in ("items", *SPLITS)}
         return cls(root=root, manifest=manifest, **frames)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError("missing: the dataset folder is incomplete; re-run `temarec prepare`", path)
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"cannot read this Parquet file ({type(exc).__name__}: {exc}); the dataset folder is "
+                        "damaged: re-run `temarec prepare`", path) from exc
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -332,6 +347,10 @@ def _validate(items: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame, tes
             raise DataError(f"{name} split lacks columns {sorted(missing)}")
         if len(frame) == 0:
             raise DataError(f"{name} split is empty")
+        for domain in missing_target_domains(frame, domains):
+            log.warning("the %s split has no %r target: %r metrics of %s will be undefined (NaN)%s", name, domain,
+                        domain, name, "; `temarec train` refuses such a dataset (model selection averages the "
+                        "domains' validation MRR)" if name == "valid" else "")
         t = frame["target"].to_numpy()
         if t.min() < 0 or t.max() >= n:
             raise DataError(f"{name} split has a target id out of range [0, {n})")
@@ -341,6 +360,12 @@ def _validate(items: pd.DataFrame, train: pd.DataFrame, valid: pd.DataFrame, tes
         flat = _flatten(frame[column])
         if len(flat) and (flat.min() < 0 or flat.max() >= n):
             raise DataError(f"{name} split has an item id out of range [0, {n})")
+
+
+def missing_target_domains(frame: pd.DataFrame, domains: Sequence[str]) -> list[str]:
+    """The domains of which a valid/test split holds no target (their metrics would be NaN)."""
+    present = set(frame["domain"].astype(int).tolist())
+    return [name for d, name in enumerate(domains) if d not in present]
 
 
 def _flatten(column: Iterable[Any]) -> np.ndarray:

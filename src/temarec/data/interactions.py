@@ -18,7 +18,8 @@ Steps, in order:
    leave-one-out (last = test target, the one before = valid target, the rest = training sequence).
    The full history is kept; models truncate to ``data.max_len``.
 
-Items are ordered first domain first, each domain by item id (string order). The file is read whole
+Items are ordered first domain first, each domain by item id (string order), and users by user id (string order),
+so the order of the file's rows changes nothing but the order of equal timestamps. The file is read whole
 (pandas); for raw Amazon dumps too large for that, use the streaming Amazon importer.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,7 +37,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import ITEM_COLUMNS, DataError, leave_one_out, write_dataset
-from temarec.data.prepare import check_out, iter_lines, parse_domains, source_manifest
+from temarec.data.prepare import (MAX_TIMESTAMP_S, check_out, iter_lines, nul_byte_line, parse_domains,
+                                  source_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -63,30 +66,33 @@ def import_interactions(interactions: str | Path, domains: str | Sequence[str], 
     check_out(out, overwrite)
     path = Path(interactions)
     frame = read_table(path, required=INTERACTION_COLUMNS)
+    if frame.empty:
+        raise DataError("no interactions: the file holds no rows", path)
     log = _encode(frame, path, names)
     meta_frame = read_table(Path(items), required=("item",)) if items is not None else None
 
     def meta(keep: set[str]) -> Meta:
         return _items_meta(meta_frame, Path(items), keep, log, names) if meta_frame is not None else {}
 
-    return filter_split_write(log, names, out, meta, cfg=cfg, overwrite=overwrite,
+    return filter_split_write(log, names, out, meta, cfg=cfg, overwrite=overwrite, inputs=str(path),
                               source=source_manifest("interactions", {"interactions": path,
                                                                       "items": Path(items) if items else None}))
 
 
 def filter_split_write(log: Interactions, domains: tuple[str, str], out: str | Path,
                        meta: Callable[[set[str]], Meta], *, cfg: DataConfig, source: dict,
-                       overwrite: bool, ts_divisor: int = 1) -> Path:
+                       overwrite: bool, ts_divisor: int = 1, inputs: str | None = None) -> Path:
     """Dedupe, filter, split and write. ``meta(surviving item ids)`` supplies titles etc.; stored
-    timestamps are the sort key // ``ts_divisor`` (the Amazon importer sorts on milliseconds)."""
+    timestamps are the sort key // ``ts_divisor`` (the Amazon importer sorts on milliseconds); ``inputs`` names
+    the input file(s) in errors."""
     log = _dedupe(log)
-    keep = filter_mask(log, cfg)
+    keep = filter_mask(log, cfg, inputs)
     user, item, ts = log.user[keep], log.item[keep], log.ts[keep]
     for d, name in enumerate(domains):
         if not (log.item_domain[item] == d).any():
             raise DataError(f"no interaction of domain {name!r} survives the filter (min_user_interactions="
                             f"{cfg.min_user_interactions}, min_user_per_domain={cfg.min_user_per_domain}, "
-                            f"min_item_count={cfg.min_item_count}); loosen it with --set data.KEY=VALUE")
+                            f"min_item_count={cfg.min_item_count}); loosen it with --set data.KEY=VALUE", inputs)
     logger.info("filter kept %d of %d interactions, %d users, %d items", len(user), len(log.user),
                 len(np.unique(user)), len(np.unique(item)))
 
@@ -97,11 +103,17 @@ def filter_split_write(log: Interactions, domains: tuple[str, str], out: str | P
     idx_of[codes] = np.arange(len(codes))
     n_first = int((log.item_domain[codes] == 0).sum())
 
-    order = np.lexsort((np.arange(len(user)), ts, user))  # by user, then time; ties keep file order
+    # by user name, then time; ties keep file order. Users in name order, not file order: the splits (and the
+    # negatives drawn row by row over them) are the same whatever order the file lists its rows in
+    user_rank = np.empty(len(log.user_names), dtype=np.int64)
+    user_rank[np.argsort(log.user_names.astype(str), kind="stable")] = np.arange(len(log.user_names))
+    user = user_rank[user]
+    order = np.lexsort((np.arange(len(user)), ts, user))
     user, item, ts = user[order], idx_of[item[order]], ts[order] // ts_divisor
     starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    names_in_order = log.user_names[np.argsort(user_rank)]
     timelines = pd.DataFrame({
-        "user": log.user_names[user[starts]],
+        "user": names_in_order[user[starts]],
         "items": np.split(item, starts[1:]),
         "ts": np.split(ts, starts[1:]),
     })
@@ -112,12 +124,17 @@ def filter_split_write(log: Interactions, domains: tuple[str, str], out: str | P
     info = meta(set(item_ids))
     rows = [(i, domains[int(log.item_domain[c])], *info.get(i, (None, None, None))) for i, c in zip(item_ids, codes)]
     items = pd.DataFrame(rows, columns=list(ITEM_COLUMNS))
-    return write_dataset(out, items=items, train=train, valid=valid, test=test, domains=domains,
-                         train_source="leave_one_out", source=source, num_negatives=cfg.num_negatives,
-                         negative_seed=cfg.negative_seed, overwrite=overwrite)
+    try:
+        return write_dataset(out, items=items, train=train, valid=valid, test=test, domains=domains,
+                             train_source="leave_one_out", source=source, num_negatives=cfg.num_negatives,
+                             negative_seed=cfg.negative_seed, overwrite=overwrite)
+    except DataError as exc:
+        if exc.path is not None or inputs is None:
+            raise
+        raise DataError(str(exc), inputs) from exc  # a problem of the data as a whole: name what was read
 
 
-def filter_mask(log: Interactions, cfg: DataConfig) -> np.ndarray:
+def filter_mask(log: Interactions, cfg: DataConfig, inputs: str | None = None) -> np.ndarray:
     """The paper's user/item filter, iterated to a fixed point; returns a keep-mask over interactions."""
     keep = np.ones(len(log.user), dtype=bool)
     min_total = max(cfg.min_user_interactions, 3)  # leave-one-out needs a train, a valid and a test item
@@ -138,7 +155,7 @@ def filter_mask(log: Interactions, cfg: DataConfig) -> np.ndarray:
     if not keep.any():
         raise DataError(f"no user passes the filter (>= {cfg.min_user_interactions} interactions, >= "
                         f"{cfg.min_user_per_domain} per domain, items >= {cfg.min_item_count}); "
-                        "loosen it with --set data.KEY=VALUE")
+                        "loosen it with --set data.KEY=VALUE", inputs)
     return keep
 
 
@@ -165,6 +182,9 @@ def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
         if kind in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif kind in (".csv", ".tsv", ".tab", ".txt"):
+            nul = nul_byte_line(path)
+            if nul is not None:
+                raise DataError("a NUL byte: this line is not text (a corrupt or binary file?)", path, nul)
             frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str, keep_default_na=False,
                                 na_values=[""])
         elif kind in (".jsonl", ".json", ".ndjson"):
@@ -173,9 +193,8 @@ def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
             raise DataError("unknown file type; expected .csv, .tsv, .parquet or .jsonl (optionally .gz)", path)
     except DataError:
         raise
-    except ValueError as exc:
-        line = _first_bad_json_line(path) if kind in (".jsonl", ".json", ".ndjson") else None
-        raise DataError(f"cannot read as {kind.lstrip('.')} ({exc})", path, line) from exc
+    except ValueError as exc:  # pandas' ParserError and UnicodeDecodeError among them
+        raise DataError(f"cannot read as {kind.lstrip('.')} ({exc})", path, _bad_line(path, kind, exc)) from exc
     except Exception as exc:  # pandas/pyarrow raise many types for malformed files
         raise DataError(f"cannot read as {kind.lstrip('.')} ({type(exc).__name__}: {exc})", path) from exc
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -187,12 +206,31 @@ def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
+def _bad_line(path: Path, kind: str, exc: ValueError) -> int | None:
+    """The file line a reader's error is about, when it can be told."""
+    if isinstance(exc, UnicodeDecodeError):
+        for _ in iter_lines(path):  # raises a DataError naming the first line that is not UTF-8
+            pass
+        return None
+    if kind in (".jsonl", ".json", ".ndjson"):
+        return _first_bad_json_line(path)
+    found = re.search(r"\bline (\d+)", str(exc))  # pandas' C parser counts file lines from 1
+    if found:
+        return int(found.group(1))
+    found = re.search(r"starting at row (\d+)", str(exc))  # ... and rows of the file from 0
+    return int(found.group(1)) + 1 if found else None
+
+
 def _first_bad_json_line(path: Path) -> int | None:
+    """The first line that is not a JSON object, or holds an integer pandas cannot read (beyond 64 bits)."""
     for lineno, line in iter_lines(path):
         if line.strip():
             try:
-                json.loads(line)
+                record = json.loads(line)
             except ValueError:
+                return lineno
+            if not isinstance(record, dict) or any(isinstance(v, int) and not -2**63 <= v < 2**64
+                                                   for v in record.values()):
                 return lineno
     return None
 
@@ -202,11 +240,25 @@ def _line(frame: pd.DataFrame, row: int) -> int:
     return int(row) + frame.attrs.get("first_row_line", 1)
 
 
+# what a cell of a typed file (JSON lines, Parquet) may hold; CSV/TSV cells are text
+CELL_TYPES = {"user": (str, int, np.integer), "item": (str, int, np.integer), "domain": (str,),
+              "timestamp": (str, int, float, np.integer, np.floating, pd.Timestamp)}
+
+
 def _encode(frame: pd.DataFrame, path: Path, domains: tuple[str, str]) -> Interactions:
     for col in INTERACTION_COLUMNS:
         null = frame[col].isna().to_numpy()
         if null.any():
             raise DataError(f"empty {col!r}", path, _line(frame, np.flatnonzero(null)[0]))
+        if not pd.api.types.is_numeric_dtype(frame[col]):  # object (JSON values) or str cells
+            for row, value in enumerate(frame[col]):
+                if isinstance(value, (bool, np.bool_)) or not isinstance(value, CELL_TYPES[col]):
+                    kind = "a string" if col == "domain" else "a string or an integer" if col != "timestamp" \
+                        else "unix seconds or a date/time string"
+                    raise DataError(f"{col!r} must be {kind}, got {json.dumps(value, default=str)}", path,
+                                    _line(frame, row))
+                if isinstance(value, str) and not value.strip():
+                    raise DataError(f"empty {col!r}", path, _line(frame, row))
     domain = frame["domain"].astype(str).str.strip()
     dom_code = np.where(domain == domains[0], 0, np.where(domain == domains[1], 1, -1))
     if (dom_code < 0).any():
@@ -237,6 +289,12 @@ def _timestamps(col: pd.Series, frame: pd.DataFrame, path: Path) -> np.ndarray:
         raise DataError(f"timestamp {col.iloc[row]!r} is neither unix seconds nor a date/time",
                         path, _line(frame, row))
     if is_numeric:
+        values = numeric.to_numpy(dtype=np.float64)  # inf, 1e30 and uint64 beyond int64 would wrap in astype
+        out_of_range = ~(np.abs(values) <= MAX_TIMESTAMP_S)
+        if out_of_range.any():
+            row = np.flatnonzero(out_of_range)[0]
+            raise DataError(f"timestamp {col.iloc[row]!r} is out of range (unix seconds within "
+                            f"+-{MAX_TIMESTAMP_S:.3g}); a corrupt value?", path, _line(frame, row))
         return numeric.to_numpy().astype(np.int64)
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy().astype(np.int64)
 

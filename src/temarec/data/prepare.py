@@ -46,6 +46,20 @@ def prepare(fmt: str, out: str | Path, cfg: DataConfig | None = None, **kwargs: 
     return path
 
 
+# stored timestamps are int64; the Amazon importer sorts on milliseconds, so seconds stay within int64 / 1000
+# (about +-292 million years): beyond that a value is a corrupt cell, not a time
+MAX_TIMESTAMP_S = (2**63 - 1) // 1000
+
+
+def check_timestamp(value: int, path: str | Path, line: int | None, unit: str = "seconds") -> int:
+    """``value`` if it is a timestamp int64 can hold (``unit`` ms: the int64 range), else a DataError."""
+    bound = MAX_TIMESTAMP_S * (1000 if unit == "ms" else 1)
+    if not -bound <= value <= bound:
+        raise DataError(f"timestamp {value} is out of range (unix {unit} within +-{bound:.3g}); a corrupt value?",
+                        path, line)
+    return value
+
+
 def parse_domains(domains: str | Sequence[str]) -> tuple[str, str]:
     """``"Food,Kitchen"`` or ``("Food", "Kitchen")`` -> two distinct, non-empty names."""
     names = [d.strip() for d in domains.split(",")] if isinstance(domains, str) else [str(d).strip() for d in domains]
@@ -66,15 +80,47 @@ def open_text(path: str | Path) -> IO[str]:
     return open(path, encoding="utf-8", newline="")
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline) of a text or .gz file; bad bytes -> DataError."""
-    lineno = 0
-    with open_text(path) as fh:
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file's bytes, transparently gunzipping (detected by magic bytes, not the name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gz else open(path, "rb")  # type: ignore[return-value]
+
+
+def nul_byte_line(path: str | Path, chunk: int = 1 << 22) -> int | None:
+    """The 1-based line of the first NUL byte in a text file (None when it has none): no text holds one, and
+    pandas' CSV parser reads it as a line break or drops it, silently."""
+    seen_lines = 1
+    with open_binary(path) as fh:
         try:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line.rstrip("\r\n")
-        except (UnicodeDecodeError, EOFError, OSError) as exc:
-            raise DataError(f"cannot read this file as UTF-8 text ({exc})", path, lineno + 1) from exc
+            while block := fh.read(chunk):
+                at = block.find(b"\x00")
+                if at >= 0:
+                    return seen_lines + block.count(b"\n", 0, at)
+                seen_lines += block.count(b"\n")
+        except (EOFError, OSError) as exc:
+            raise DataError(f"cannot read this file ({exc})", path) from exc
+    return None
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline) of a text or .gz file; bad bytes -> DataError.
+
+    Lines are decoded one at a time (a text-mode reader decodes whole chunks, and its error would name the
+    chunk's first line, not the line with the bad bytes).
+    """
+    lineno = 0
+    with open_binary(path) as fh:
+        try:
+            for lineno, raw in enumerate(fh, start=1):
+                yield lineno, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"cannot read this line as UTF-8 text ({exc})", path, lineno) from exc
+        except (EOFError, OSError) as exc:  # a truncated or corrupt .gz
+            raise DataError(f"cannot read this file ({exc})", path, lineno + 1) from exc
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from temarec.extras import require
+from temarec.fileio import atomic_dir
 from temarec.serve.recommender import Recommender
 from temarec.runs import model_class, model_names
 from temarec.serve.scoring import Factorized, factorize, probe_histories
@@ -49,18 +50,24 @@ def _unsupported(model_name: str) -> ExportError:
                        "Serve any model with `temarec serve`.")
 
 
-def export_onnx(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write encoder.onnx, the item matrices and id lists of ``run_dir`` to ``out_dir``; returns ``out_dir``."""
+def export_onnx(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write encoder.onnx, the item matrices and id lists of ``run_dir`` to ``out_dir``; returns ``out_dir``.
+
+    The files are written into a temporary sibling folder that then becomes ``out_dir``: an existing non-empty
+    ``out_dir`` is refused unless ``overwrite`` (and then replaced whole, never mixed with the new files).
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite to replace it")
     rec = Recommender.load(run_dir)
     fact = factorize(rec.model, exportable=True)
     if fact is None:
         raise _unsupported(rec.model_name)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _export_encoder(fact.state, probe_histories(rec.model), out / "encoder.onnx")
-    _write_items(rec, fact, out)
-    meta = _export_meta(rec, fact, rec.max_len)
-    (out / "export.json").write_text(json.dumps(meta, indent=2))
+    with atomic_dir(out) as tmp:
+        _export_encoder(fact.state, probe_histories(rec.model), tmp / "encoder.onnx")
+        _write_items(rec, fact, tmp)
+        meta = _export_meta(rec, fact, rec.max_len)
+        (tmp / "export.json").write_text(json.dumps(meta, indent=2))
     log.info("exported %s: encoder.onnx + item matrices of %s to %s", rec.model_name, ", ".join(rec.domains), out)
     return out
 
