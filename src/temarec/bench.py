@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from temarec.config import RUNTIME_SETTINGS, Config, upgrade_config
+from temarec.data.dataset import Dataset
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
 from temarec.significance import SLICES, format_p, read_ranks, significance_report, slices_report
@@ -85,6 +86,7 @@ def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int],
     names = [name for name, _ in variants]
     if len(set(names)) != len(names) or not all(names) or any("/" in n for n in names):
         raise ValueError(f"variant names must be distinct, non-empty and contain no '/': {names}")
+    Dataset.load(dataset_dir)  # a missing or damaged dataset folder fails here, before OUT is created
     out.mkdir(parents=True, exist_ok=True)
     _record_grid(out, dataset_dir, variants, seeds)
     for name, overrides in variants:

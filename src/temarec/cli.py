@@ -378,9 +378,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:
+        print(f"temarec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as exc:
+        # the known failures: bad input (ValueError and its kin: DataError, RecommendError, ...), files that cannot
+        # be read or written, a missing extra. Anything else escaping a command is a bug and keeps its traceback.
         log.debug("failure", exc_info=True)
-        print(f"temarec {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"temarec {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

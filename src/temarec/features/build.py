@@ -137,7 +137,11 @@ def run_features(dataset_dir: str | Path, cfg: FeaturesConfig) -> dict[str, Any]
     items_path = root / "items.parquet"
     if not items_path.is_file():
         raise DataError("not a temarec dataset folder (no items.parquet); create one with `temarec prepare`", root)
-    items = pd.read_parquet(items_path)
+    try:
+        items = pd.read_parquet(items_path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"cannot read this Parquet file ({type(exc).__name__}: {exc}); the dataset folder is "
+                        "damaged: re-run `temarec prepare`", items_path) from exc
     out = features_dir(root)
     out.mkdir(exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # meta.json marks a finished run: no meta, no half-new features

@@ -14,6 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from temarec.config import TagsConfig
+from temarec.fileio import read_json as read_json_file
 from temarec.tags.backends import make_match_backend, make_vocab_backend
 from temarec.tags.backends.base import Item, TagsError
 from temarec.tags.cache import Cache
@@ -37,7 +38,9 @@ def run_tags(dataset_dir: str | Path, cfg: TagsConfig, steps: Sequence[str] = ST
     if unknown or not steps:
         raise ValueError(f"tags steps must be among {STEPS}, got {list(steps)}")
     root = Path(dataset_dir)
-    manifest = read_json(root / "manifest.json")
+    manifest_path = root / "manifest.json"
+    manifest = read_json_file(manifest_path, "the dataset folder is damaged: re-run `temarec prepare`") \
+        if manifest_path.is_file() else {}
     if not manifest or not (root / "items.parquet").is_file():
         raise FileNotFoundError(f"{root} is not a dataset folder (manifest.json, items.parquet); "
                                 "create one with `temarec prepare`")
