@@ -124,7 +124,7 @@ def test_a_damaged_dataset_folder_is_named_in_the_error(generated_dataset, tmp_p
 def test_dataset_and_run_folders_get_the_same_ordinary_permissions(generated_dataset, tmp_path):
     """Issue 17 #9: dataset folders were created 0700 (mkdtemp), run folders 0755."""
     from temarec.config import Config
-    from temarec.train import train_run
+    from temarec.runs import train_run
 
     umask = os.umask(0o022)
     try:
