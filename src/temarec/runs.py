@@ -8,7 +8,10 @@ loop itself. A run folder holds::
     run.json            model name, dataset path and manifest, protocol (sources of features/tags), resumptions
     item_ids.json       internal idx -> the data's item id, and the domains (the id maps a served model needs)
     model.safetensors   the selected (best-on-validation) weights
-    last.safetensors    weights after the last finished epoch, + last_state.pt (optimizer, counters) for --resume
+    last.safetensors    weights after the last epoch, written when training ends
+    last_state.pt       --resume's state after each finished epoch, in one atomic file: weights, optimizer,
+                        counters, the RNG states (dropout, sampled negatives) and the length of metrics.jsonl,
+                        so a run killed at any point resumes to the same result as an uninterrupted one
     metrics.jsonl       one line per epoch (loss, validation metrics, seconds)
     metrics.json        protocol, valid and test metrics of the selected checkpoint, timing
 
@@ -18,7 +21,6 @@ load unchanged: ``read_config`` moves those keys to ``model.tema`` (``temarec.co
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -29,15 +31,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from temarec.checkpoint import load_weights, save_weights
+from temarec.checkpoint import load_state, load_weights, save_weights
 from temarec.config import RESUMABLE_SETTINGS, Config, upgrade_config
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset, missing_target_domains
 from temarec.evaluation import evaluate, evaluate_with_ranks
-from temarec.fileio import write_json_atomic, write_parquet_atomic
+from temarec.fileio import read_json, write_json_atomic, write_parquet_atomic
 from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.registry import model_class, model_names
 from temarec.significance import RANKS_FILE
-from temarec.train import Distributed, fit, peak_rss_mb, seed_everything
+from temarec.train import STATE, Distributed, fit, peak_rss_mb, seed_everything
 
 __all__ = ["model_class", "model_names", "item_counts", "build_model", "protocol_info", "write_run_files",
            "read_config", "train_run", "load_run", "evaluate_run"]
@@ -93,7 +95,33 @@ def write_run_files(out: Path, dataset: Dataset, cfg: Config, info: dict[str, An
 
 def read_config(run: Path) -> dict[str, Any]:
     """A run folder's config.json as a dict in today's layout (older layouts upgraded)."""
-    return upgrade_config(json.loads((run / "config.json").read_text()))
+    return upgrade_config(read_json(run / "config.json", _DAMAGED))
+
+
+_DAMAGED = "the run folder is damaged: train the run again into a new --out"
+
+
+def check_run_items(run: Path, dataset: Dataset) -> None:
+    """The run's item_ids.json against the dataset folder it loads: a run serves or resumes only on the items it
+    was trained on (same ids, same order, same domains). Runs older than item_ids.json are not checked."""
+    path = run / "item_ids.json"
+    if not path.is_file():
+        log.debug("%s has no item_ids.json: its items cannot be checked against %s", run, dataset.root)
+        return
+    saved = read_json(path, _DAMAGED)
+    items, now = list(saved.get("items", [])), dataset.items["item"].tolist()
+    problem = ""
+    if list(saved.get("domains", [])) != list(dataset.domains):
+        problem = f"domains {saved.get('domains')} at training, {list(dataset.domains)} now"
+    elif len(items) != len(now):
+        problem = f"{len(items):,} items at training, {len(now):,} now"
+    elif items != now:
+        row = next(i for i, (a, b) in enumerate(zip(items, now)) if a != b)
+        problem = f"item {row} was {items[row]!r} at training, is {now[row]!r} now"
+    if problem:
+        raise ValueError(f"{run} was trained on other items than the dataset folder {dataset.root} holds now "
+                         f"({problem}); point the run at the dataset it was trained on (run.json's dataset_dir), "
+                         "or train again on this one")
 
 
 def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -103,8 +131,18 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     _check_device(cfg.train.device)
     _check_validation_domains(dataset)
     dist = Distributed(cfg.train.device)
-    if dist.is_main:
-        _prepare_run_dir(out, resume)
+    fresh = dist.is_main and _prepare_run_dir(out, resume)
+    try:
+        return _train(dataset, cfg, out, dist, resume)
+    except BaseException:
+        if fresh and not (out / STATE).is_file():  # nothing to resume from: leave no half-made run behind
+            _remove_run_files(out)
+        raise
+
+
+def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: bool) -> dict[str, Any]:
+    if resume:
+        check_run_items(out, dataset)
     resumes = _resume_record(out, cfg) if resume else []
     seed_everything(cfg.train.seed)
     if cfg.train.threads:
@@ -122,6 +160,9 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
         dist.close()
         return {}
     if model.trainable:
+        if not (out / "model.safetensors").is_file():
+            raise ValueError(f"{out}: no epoch gave a finite validation MRR, so no checkpoint was selected (the "
+                             "loss diverged? see metrics.jsonl); train again with a lower train.lr")
         load_weights(model, out / "model.safetensors")
     else:
         save_weights(model, out / "model.safetensors")
@@ -165,14 +206,44 @@ def _check_device(device: str) -> None:
         raise ValueError("train.device=mps, but MPS is not available here; use --set train.device=cpu")
 
 
-def _prepare_run_dir(out: Path, resume: bool) -> None:
+def _prepare_run_dir(out: Path, resume: bool) -> bool:
+    """Check (and create) the run folder; True when this call starts it from nothing.
+
+    --resume on a folder whose run never finished an epoch (killed, or failed, in epoch 1) starts it over under
+    the same settings: such a folder holds config.json but no last_state.pt, and must not block both ways.
+    """
     if resume:
-        if not (out / "last_state.pt").is_file():
-            raise ValueError(f"--resume: {out} holds no last_state.pt to resume from; train without --resume")
-        return
+        if not (out / "config.json").is_file():
+            raise ValueError(f"--resume: {out} is not a run folder (no config.json); train without --resume")
+        _remove_temporaries(out)
+        return False
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"run folder {out} exists and is not empty; choose another --out or --resume it")
+        hint = "--resume it" if (out / "config.json").is_file() else "remove it"
+        raise ValueError(f"run folder {out} exists and is not empty; choose another --out or {hint}")
     out.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+RUN_FILES = ("config.json", "run.json", "item_ids.json", "model.safetensors", "last.safetensors", STATE,
+             "metrics.jsonl", "metrics.json", RANKS_FILE)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Half-written siblings (``.NAME.xxxx``) that a kill during an atomic write left behind."""
+    for path in out.iterdir():
+        if path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES):
+            path.unlink()
+
+
+def _remove_run_files(out: Path) -> None:
+    """Undo a run that failed before its first epoch finished: the files it wrote, then the folder if empty."""
+    if not out.is_dir():
+        return
+    _remove_temporaries(out)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    if not any(out.iterdir()):
+        out.rmdir()
 
 
 def _resume_record(out: Path, cfg: Config) -> list[dict[str, Any]]:
@@ -190,8 +261,8 @@ def _resume_record(out: Path, cfg: Config) -> list[dict[str, Any]]:
         raise ValueError(f"--resume: {out} was trained with other settings ({listing}); a resumed run may change "
                          f"only {', '.join(sorted(RESUMABLE_SETTINGS))}. Resume with the run's own settings "
                          f"(--config {out / 'config.json'}, plus --set for those) or train into a new --out")
-    done = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").is_file() else 0
-    earlier = json.loads((out / "run.json").read_text()).get("resumes", []) if (out / "run.json").is_file() else []
+    done = int(load_state(out / STATE)["epoch"]) if (out / STATE).is_file() else 0
+    earlier = read_json(out / "run.json", _DAMAGED).get("resumes", []) if (out / "run.json").is_file() else []
     if changed:
         log.info("resuming with changed settings: %s",
                  ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
@@ -205,8 +276,11 @@ def load_run(run_dir: str | Path) -> tuple[SequentialModel, Dataset, Config]:
         if not (run / name).is_file():
             raise ValueError(f"{run} is not a finished temarec run folder (missing {name}); run `temarec train`")
     cfg = Config.from_dict(read_config(run))
-    meta = json.loads((run / "run.json").read_text())
+    meta = read_json(run / "run.json", _DAMAGED)
+    if not isinstance(meta.get("dataset_dir"), str):
+        raise ValueError(f"{run / 'run.json'}: names no dataset_dir; {_DAMAGED}")
     dataset = Dataset.load(meta["dataset_dir"])
+    check_run_items(run, dataset)
     model = build_model(dataset, cfg)
     load_weights(model, run / "model.safetensors")
     model.eval()

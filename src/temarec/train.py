@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 import resource
 import time
 from pathlib import Path
@@ -21,16 +23,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from temarec.checkpoint import load_weights, save_weights
+from temarec.checkpoint import load_state, save_state, save_weights, set_weights, weight_tensors
 from temarec.config import Config
 from temarec.data.batches import pad_histories
 from temarec.data.dataset import Dataset
 from temarec.evaluation import evaluate, selection_score
-from temarec.fileio import atomic_write
 from temarec.models.base import SequentialModel
 from temarec.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
+
+STATE = "last_state.pt"  # the resumable state of the last finished epoch (temarec.checkpoint.save_state)
+LOG = "metrics.jsonl"  # one line per finished epoch
 
 
 def train_sequences(dataset: Dataset, max_len: int) -> torch.Tensor:
@@ -42,6 +46,27 @@ def train_sequences(dataset: Dataset, max_len: int) -> torch.Tensor:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global random state training draws from (dropout, sampled negatives, ...), as tensors and plain
+    values (``torch.load(weights_only=True)`` reads them back): a resumed run continues the same streams."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": random.getstate()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def peak_rss_mb() -> float:
@@ -120,14 +145,19 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
     optimizer = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "valid": None}
     start_epoch, bad_epochs, epoch_times = 1, 0, []
-    if resume:
-        state = torch.load(out / "last_state.pt", weights_only=True)
-        load_weights(model, out / "last.safetensors")
+    if resume and (out / STATE).is_file():
+        state = load_state(out / STATE)
+        set_weights(model, state["model"], out / STATE)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, bad_epochs, epoch_times = state["epoch"] + 1, state["bad_epochs"], list(state["epoch_times"])
         best = {"score": state["best_score"], "epoch": state["best_epoch"], "valid": None}
+        _truncate_log(out / LOG, state["log_bytes"])
+        set_rng_states(state["rng"])
         log.info("resuming after epoch %d (best validation MRR %.4f at epoch %d)", state["epoch"], best["score"],
                  best["epoch"])
+    elif resume:
+        log.info("%s holds no finished epoch: training from epoch 1", out)
+        (out / LOG).unlink(missing_ok=True)
     t_start = time.perf_counter()
     tracker = open_tracker(cfg.train.tracker, out, cfg.to_dict(), cfg.train.tracking_uri) if dist.is_main \
         else Tracker()
@@ -144,7 +174,17 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
                 break
     finally:
         tracker.close()
+    if dist.is_main:
+        save_weights(model, out / "last.safetensors")
     return best, epoch_times
+
+
+def _truncate_log(path: Path, size: int) -> None:
+    """Drop what was appended to metrics.jsonl after the state a run resumes from (a kill between the epoch's
+    log line and its state would otherwise list that epoch twice)."""
+    if path.is_file() and path.stat().st_size > size:
+        with open(path, "r+b") as fh:
+            fh.truncate(size)
 
 
 def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path,
@@ -156,6 +196,9 @@ def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Pat
         valid = evaluate(model, dataset, "valid", cfg.eval, cfg.data.max_len)
         score = selection_score(valid)
         record.update({"valid_mrr": score, "valid": valid})
+        if not math.isfinite(score):
+            log.warning("epoch %d: validation MRR is %s (did the loss diverge? loss %s); no checkpoint from it",
+                        epoch, score, loss)
         if score > best["score"]:
             best.update(score=score, epoch=epoch, valid=valid)
             bad_epochs = 0
@@ -164,13 +207,15 @@ def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Pat
             bad_epochs += 1
         log.info("epoch %d  loss %.4f  valid MRR %.4f  (best %.4f @ %d)  %.1fs", epoch, loss, score,
                  best["score"], best["epoch"], epoch_times[-1])
-    with open(out / "metrics.jsonl", "a") as fh:
+    with open(out / LOG, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     tracker.log_epoch(record)
-    save_weights(model, out / "last.safetensors")
-    state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
-             "best_score": best["score"], "best_epoch": best["epoch"], "epoch_times": epoch_times}
-    atomic_write(out / "last_state.pt", lambda tmp: torch.save(state, tmp))
+    # one atomic file is the epoch's commit point: weights, optimizer, counters, RNG streams and how long the log
+    # was, together (separate weight and state files could be caught half-updated by a kill between the two)
+    state = {"model": weight_tensors(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
+             "bad_epochs": bad_epochs, "best_score": best["score"], "best_epoch": best["epoch"],
+             "epoch_times": epoch_times, "log_bytes": (out / LOG).stat().st_size, "rng": rng_states()}
+    save_state(out / STATE, state)
     over_budget = cfg.train.max_train_s > 0 and elapsed >= cfg.train.max_train_s
     if over_budget:
         log.info("stopping: train.max_train_s = %.0f s reached", cfg.train.max_train_s)

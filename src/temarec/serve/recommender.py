@@ -14,7 +14,6 @@ this module.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from temarec.config import Config
+from temarec.fileio import read_json
 from temarec.data.dataset import Dataset
 from temarec.models.base import SequentialModel
 from temarec.runs import item_counts, load_run
@@ -135,9 +135,10 @@ class Recommender:
         """Load a run folder written by ``temarec train`` (weights via safetensors, no pickle)."""
         run = Path(run_dir)
         model, dataset, cfg = load_run(run)
-        run_info = json.loads((run / "run.json").read_text())
+        damaged = "the run folder is damaged: train the run again"
+        run_info = read_json(run / "run.json", damaged)
         metrics_path = run / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = read_json(metrics_path, damaged) if metrics_path.is_file() else {}
         return cls(model, dataset, cfg, run_info=run_info, metrics=metrics, threads=threads)
 
     # --- what the service reports about itself -------------------------------------------------------------
