@@ -26,8 +26,9 @@ log = logging.getLogger("bench_serve")
 
 def sample_requests(run_dir: str | Path, n: int, k: int = 10, seed: int = 0) -> list[dict]:
     """``n`` request bodies {history, domain, k} replayed from the test split of the run's dataset."""
-    meta = json.loads((Path(run_dir) / "run.json").read_text())
-    root = Path(meta["dataset_dir"])
+    from temarec.runs import dataset_root
+
+    root = dataset_root(Path(run_dir))
     items = pd.read_parquet(root / "items.parquet", columns=["item"])["item"].astype(str).to_numpy()
     test = pd.read_parquet(root / "test.parquet", columns=["history", "domain"])
     domains = json.loads((root / "manifest.json").read_text())["domains"]

@@ -14,6 +14,14 @@ loop itself. A run folder holds::
                         so a run killed at any point resumes to the same result as an uninterrupted one
     metrics.jsonl       one line per epoch (loss, validation metrics, seconds)
     metrics.json        protocol, valid and test metrics of the selected checkpoint, timing
+    ranks.parquet       each validation/test instance's rank (temarec.significance)
+    README.md           the model card: data, protocol, encoders, tag source, config, metrics
+    dataset/            the run's own copy of the dataset folder it was trained on (caches left out), hard-linked
+                        where the file system allows (no extra space), copied otherwise
+
+A run folder is portable: copy it anywhere and serve, recommend or evaluate from it with the original dataset
+folder gone. run.json names ``dataset`` relative to the run; runs written before runs kept their copy name the
+dataset folder by absolute path and need it.
 
 Run folders written before model-specific config sections existed (TEMA's settings as flat ``model.*`` keys)
 load unchanged: ``read_config`` moves those keys to ``model.tema`` (``temarec.config.upgrade_config``).
@@ -21,7 +29,10 @@ load unchanged: ``read_config`` moves those keys to ``model.tema`` (``temarec.co
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -34,8 +45,8 @@ import torch
 from temarec.checkpoint import load_state, load_weights, save_weights
 from temarec.config import RESUMABLE_SETTINGS, Config, upgrade_config
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset, missing_target_domains
-from temarec.evaluation import evaluate, evaluate_with_ranks
-from temarec.fileio import read_json, write_json_atomic, write_parquet_atomic
+from temarec.evaluation import evaluate, evaluate_with_ranks, format_report
+from temarec.fileio import atomic_dir, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
 from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.registry import model_class, model_names
 from temarec.significance import RANKS_FILE
@@ -82,15 +93,46 @@ def protocol_info(dataset: Dataset, cfg: Config, model: SequentialModel) -> dict
     }
 
 
+RUN_DATASET = "dataset"  # the run's copy of its dataset folder, relative to the run
+
+
 def write_run_files(out: Path, dataset: Dataset, cfg: Config, info: dict[str, Any],
                     resumes: list[dict[str, Any]]) -> None:
-    """config.json, item_ids.json and run.json of a run folder."""
+    """config.json, item_ids.json, run.json and the dataset copy of a run folder."""
     write_json_atomic(out / "config.json", cfg.to_dict())
     write_json_atomic(out / "item_ids.json", {"domains": list(dataset.domains),
                                               "domain_sizes": list(dataset.domain_sizes),
                                               "items": dataset.items["item"].tolist()})
-    write_json_atomic(out / "run.json", {"model": cfg.model.name, "dataset_dir": str(dataset.root.resolve()),
+    if not (out / RUN_DATASET).is_dir():  # a resumed run keeps the copy it started with
+        snapshot_dataset(dataset.root, out / RUN_DATASET)
+    write_json_atomic(out / "run.json", {"model": cfg.model.name, "dataset_dir": RUN_DATASET,
+                                         "source_dataset_dir": str(dataset.root.resolve()),
                                          "manifest": dataset.manifest, "protocol": info, "resumes": resumes})
+
+
+def snapshot_dataset(src: Path, dst: Path) -> None:
+    """Every file of the dataset folder ``src`` except caches, hard-linked (or copied) into ``dst``, atomically."""
+    with atomic_dir(dst) as tmp:
+        for path in sorted(src.rglob("*")):
+            if not path.is_file() or ".sqlite" in path.name:  # caches (tags, features) are not needed to score
+                continue
+            target = tmp / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(path, target)
+
+
+def dataset_root(run: Path) -> Path:
+    """The dataset folder a run reads: its own copy, or (runs from before copies) the absolute path it names."""
+    meta = read_json(run / "run.json", _DAMAGED)
+    root = Path(meta["dataset_dir"])
+    root = root if root.is_absolute() else run / root
+    if not (root / "manifest.json").is_file():
+        raise ValueError(f"{run}: its dataset folder {root} is gone; this run predates portable runs (which keep "
+                         "their own copy): put the dataset folder back there, or retrain")
+    return root
 
 
 def read_config(run: Path) -> dict[str, Any]:
@@ -120,7 +162,7 @@ def check_run_items(run: Path, dataset: Dataset) -> None:
         problem = f"item {row} was {items[row]!r} at training, is {now[row]!r} now"
     if problem:
         raise ValueError(f"{run} was trained on other items than the dataset folder {dataset.root} holds now "
-                         f"({problem}); point the run at the dataset it was trained on (run.json's dataset_dir), "
+                         f"({problem}); point the run at the dataset it was trained on (run.json: source_dataset_dir), "
                          "or train again on this one")
 
 
@@ -182,8 +224,27 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
                    "world_size": dist.world, "threads": torch.get_num_threads()},
     }
     write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "README.md", model_card(cfg, dataset, metrics))
     dist.close()
     return metrics
+
+
+def model_card(cfg: Config, dataset: Dataset, metrics: dict[str, Any]) -> str:
+    """README.md of a run folder: what was trained on what, how it was scored, and how to use it."""
+    t = metrics["timing"]
+    lines = [f"# {cfg.model.name} on {dataset.manifest.get('name', dataset.root.name)}", "",
+             "A temarec run folder: copy it anywhere, it carries its data (`dataset/`).", "",
+             "```", format_report(metrics), "```", "",
+             f"- selected epoch {metrics['selected_epoch']} of {t['epochs']} (validation MRR, mean over domains); "
+             f"median {t['epoch_s_median']:.2f} s per epoch, {t['train_s']:.0f} s in all, peak RSS "
+             f"{t['peak_rss_mb']:.0f} MB, {t['threads']} thread(s), world size {t['world_size']}",
+             f"- data: {dataset.describe()}",
+             "", "## Use it", "", "```bash",
+             f"temarec recommend --run RUN --history ID1,ID2 --domain {dataset.domains[1]} -k 10",
+             "temarec serve --run RUN --port 8000",
+             "temarec evaluate --run RUN --split test",
+             "```", "", "## Config (resolved)", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
+    return "\n".join(lines)
 
 
 def _check_validation_domains(dataset: Dataset) -> None:
@@ -225,7 +286,7 @@ def _prepare_run_dir(out: Path, resume: bool) -> bool:
 
 
 RUN_FILES = ("config.json", "run.json", "item_ids.json", "model.safetensors", "last.safetensors", STATE,
-             "metrics.jsonl", "metrics.json", RANKS_FILE)
+             "metrics.jsonl", "metrics.json", RANKS_FILE, "README.md")
 
 
 def _remove_temporaries(out: Path) -> None:
@@ -233,6 +294,8 @@ def _remove_temporaries(out: Path) -> None:
     for path in out.iterdir():
         if path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES):
             path.unlink()
+        elif path.is_dir() and path.name.startswith(f".{RUN_DATASET}."):  # an unfinished dataset copy
+            shutil.rmtree(path)
 
 
 def _remove_run_files(out: Path) -> None:
@@ -242,6 +305,7 @@ def _remove_run_files(out: Path) -> None:
     _remove_temporaries(out)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / RUN_DATASET, ignore_errors=True)
     if not any(out.iterdir()):
         out.rmdir()
 
@@ -279,7 +343,7 @@ def load_run(run_dir: str | Path) -> tuple[SequentialModel, Dataset, Config]:
     meta = read_json(run / "run.json", _DAMAGED)
     if not isinstance(meta.get("dataset_dir"), str):
         raise ValueError(f"{run / 'run.json'}: names no dataset_dir; {_DAMAGED}")
-    dataset = Dataset.load(meta["dataset_dir"])
+    dataset = Dataset.load(dataset_root(run))
     check_run_items(run, dataset)
     model = build_model(dataset, cfg)
     load_weights(model, run / "model.safetensors")
