@@ -37,18 +37,17 @@ def timed(fn):
 
 
 def bench_mined(work: Path) -> dict:
-    import pandas as pd
-
+    from temarec.cache import Cache
+    from temarec.data.dataset import Dataset
     from temarec.tags.backends.mined import MinedVocab
-    from temarec.tags.cache import Cache
     from temarec.tags.encoder import Encoder
     from temarec.tags.text import item_text
     from temarec.tags.vote import vote
 
     data = titles_dataset(work / "fk")
-    items = pd.read_parquet(data / "items.parquet")
+    items = Dataset.load(data, splits=False).items
     corpus = {d: [item_text(t, None) for t in items.loc[items["domain"] == d, "title"]] for d in ("Food", "Kitchen")}
-    Encoder("all-MiniLM-L6-v2").model  # load once, outside the timings
+    Encoder("all-MiniLM-L6-v2").text.model  # load once, outside the timings
     out = {}
     for domain in ("Food", "Kitchen"):
         cache_path = work / f"mined-{domain}.sqlite"

@@ -84,7 +84,7 @@ def keyword_dataset(dataset_dir: str | Path, out: Path, base_cfg: Config) -> Pat
     """``out``: the dataset folder again (symlinks: same items, splits, negatives, features) with tags/ from
     keyword matching against the *same* vocabulary (Table IV's static keyword assignment)."""
     from temarec.tags import run_tags
-    from temarec.tags.store import META, SCORES, VOCAB, tags_dir
+    from temarec.data.content import META, SCORES, VOCAB, tags_dir
 
     src = Path(dataset_dir).resolve()
     if not (tags_dir(src) / VOCAB).is_file():

@@ -1,10 +1,12 @@
 """Atomic file writes: every artifact is written to a temporary sibling, then renamed into place.
 
-A run killed at any moment leaves either the old file or the new one, never half of one.
+A run killed at any moment leaves either the old file or the new one, never half of one. Every JSON artifact of
+temarec is written by ``write_json_atomic`` (UTF-8, indented, one trailing newline).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,8 +45,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2))
+def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_parquet_atomic(path: str | Path, frame: Any) -> None:

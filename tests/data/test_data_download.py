@@ -11,7 +11,8 @@ from typing import Iterator
 import pytest
 
 from temarec.cli import main
-from temarec.data.dataset import DataError, sha256_file
+from temarec.data.dataset import DataError
+from temarec.fileio import sha256_file
 from temarec.data.download import PUBLIC_SETS, download, safe_unpickle_dict
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from temarec.cli import main
 from temarec.config import DataConfig
-from temarec.data.dataset import DataError, Dataset, sha256_file
+from temarec.data.dataset import DataError, Dataset
+from temarec.fileio import sha256_file
 from temarec.data.prepare import prepare, read_titles
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from temarec import embeddings
 from temarec.config import FeaturesConfig
 from temarec.features import features_source, load_features, run_features
 from temarec.features import encoders
@@ -78,7 +79,7 @@ def test_rerun_reads_the_cache_and_encodes_only_changed_text(dataset, count_text
         raise AssertionError("a fully cached rerun must not load the model")
 
     with monkeypatch.context() as m:
-        m.setattr(encoders, "_load_sentence_transformer", no_model)
+        m.setattr(embeddings, "load_sentence_transformer", no_model)
         summary = run_features(dataset, TEXT_ONLY)
     assert count_text_calls == [] and summary["run"]["txt"] == {"encoded": 0, "from_cache": 18}
     np.testing.assert_array_equal(load_features(dataset)["txt"][0], first)

@@ -7,11 +7,13 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.nn import functional as F
 
 from temarec.config import Config, ModelConfig
+from temarec.data.dataset import Dataset
 from temarec.models import tema
 from temarec.models.base import ModelContext
 from temarec.models.tema import TEMA, ChunkedLogSumExp, TemaSettings, modality_weights, view_gather, view_weights
@@ -358,18 +360,19 @@ def test_missing_modality_data_is_a_clear_error(tmp_path):
         make_model(make_ctx(features={}))
     cfg = Config().replace(**{"model.name": "tema", "model.tema.modalities": "id,txt"})
     with pytest.raises(ValueError, match="temarec features --dataset"):
-        TEMA.context_extras(SimpleNamespace(root=tmp_path), cfg)
+        TEMA.context_extras(Dataset(root=tmp_path, manifest={}, items=pd.DataFrame({"item": []})), cfg)
 
 
 def test_missing_image_features_drop_the_image_modality(tmp_path):
-    from temarec.features.store import FORMAT_VERSION, features_dir
+    from temarec.data.content import FEATURES_FORMAT_VERSION, features_dir
 
     features_dir(tmp_path).mkdir(parents=True)
     (features_dir(tmp_path) / "meta.json").write_text(json.dumps(
-        {"format_version": FORMAT_VERSION, "modalities": {"txt": {"encoder": "fake", "dim": 6}}}))
+        {"format_version": FEATURES_FORMAT_VERSION, "modalities": {"txt": {"encoder": "fake", "dim": 6}}}))
     from temarec.models.tema import _usable_modalities
 
-    assert _usable_modalities(tmp_path, ("id", "img", "txt")) == ("id", "txt")
+    dataset = Dataset(root=tmp_path, manifest={}, items=pd.DataFrame({"item": []}))
+    assert _usable_modalities(dataset, ("id", "img", "txt")) == ("id", "txt")
 
 
 def test_encoding_in_length_groups_changes_nothing(monkeypatch, overfit):

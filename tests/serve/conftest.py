@@ -32,13 +32,14 @@ def _write_genre_tags(root: Path) -> None:
     The vocabulary step of ``temarec tags`` loads a sentence encoder; the serving tests only need tags to exist.
     """
     from temarec.tags import run_tags
-    from temarec.tags.store import META, VOCAB, sha256_bytes, tags_dir, write_json
+    from temarec.data.content import META, VOCAB, tags_dir
+    from temarec.fileio import sha256_file, write_json_atomic
 
     out = tags_dir(root)
     genres = list(GENRES)
     per_domain = {d: [{"tag": g, "votes": 1, "mean_score": 100.0} for g in genres] for d in ("Food", "Kitchen")}
-    write_json(out / VOCAB, {"source": "genre names (test vocabulary)", "domains": per_domain, "shared": genres})
-    write_json(out / META, {"vocab": {"source": "genre names (test vocabulary)", "sha256": sha256_bytes(out / VOCAB),
+    write_json_atomic(out / VOCAB, {"source": "genre names (test vocabulary)", "domains": per_domain, "shared": genres})
+    write_json_atomic(out / META, {"vocab": {"source": "genre names (test vocabulary)", "sha256": sha256_file(out / VOCAB),
                                       "sizes": {d: len(genres) for d in per_domain}, "shared": len(genres)}})
     run_tags(root, TagsConfig(match_backend="keyword"), steps=("match",))
 

@@ -11,17 +11,18 @@ from temarec.cli import main
 from temarec.config import TagsConfig
 from temarec.tags import load_scores, load_tag_vectors, read_vocabulary, run_tags, tag_source
 from temarec.tags.backends.embedding import calibrate
-from temarec.tags.store import write_json
+from temarec.data.dataset import Dataset
+from temarec.fileio import sha256_file, write_json_atomic
 
 
 def write_vocab(root, shared):
     """A hand-made vocabulary, as the vocab step would write it."""
     from temarec.tags.stage import _update_meta
-    from temarec.tags.store import sha256_bytes
 
     out = root / "tags"
-    write_json(out / "vocab.json", {"source": "hand-made", "domains": {}, "shared": shared})
-    _update_meta(out, "vocab", {"source": "hand-made", "sha256": sha256_bytes(out / "vocab.json")}, TagsConfig())
+    write_json_atomic(out / "vocab.json", {"source": "hand-made", "domains": {}, "shared": shared}, sort_keys=True)
+    _update_meta(Dataset.load(root, splits=False), "vocab", {"source": "hand-made", "sha256": sha256_file(out / "vocab.json")},
+                 TagsConfig())
 
 
 def test_keyword_matching_assigns_tags_whose_words_all_occur(dataset):

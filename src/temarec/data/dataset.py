@@ -20,7 +20,6 @@ Internal indices never leave the library: public APIs speak the ``item`` column.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from temarec.fileio import atomic_dir, read_json
+from temarec.data import content
+from temarec.fileio import atomic_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,29 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
+    """A dataset folder: the one object that reads it (manifest, items, splits, negatives, tags, features).
+
+    Stages and models receive what they need from here; the content sub-folders
+    (``features/``, ``tags/``; layout in :mod:`temarec.data.content`) on every call, so a rerun stage is seen.
+    """
+
     root: Path
     manifest: dict[str, Any]
     items: pd.DataFrame
-    train: pd.DataFrame
-    valid: pd.DataFrame
-    test: pd.DataFrame
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # splits read so far
     drawn_negatives: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.split("train")
+
+    @property
+    def valid(self) -> pd.DataFrame:
+        return self.split("valid")
+
+    @property
+    def test(self) -> pd.DataFrame:
+        return self.split("test")
 
     @property
     def domains(self) -> tuple[str, str]:
@@ -98,7 +114,9 @@ class Dataset:
     def split(self, name: str) -> pd.DataFrame:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
-        return getattr(self, name)
+        if name not in self.frames:
+            self.frames[name] = _read_parquet(self.root / f"{name}.parquet")
+        return self.frames[name]
 
     def negatives(self, split: str, preset: str = "c2dsr") -> np.ndarray:
         """(n_split, num_negatives) internal idx: the stored negatives of ``preset`` for ``split``.
@@ -138,8 +156,40 @@ class Dataset:
         sizes = " / ".join(f"{d} {m['items'][d]:,} items" for d in self.domains)
         return f"{m.get('name', self.root.name)} ({src}; {sizes}; train from {m.get('train_source', '?')})"
 
+    # ---- content sub-folders: features/ (temarec features) and tags/ (temarec tags) ----------------------------
+
+    def feature_meta(self) -> dict[str, Any]:
+        """features/meta.json: encoders, dims, counts per modality; FileNotFoundError naming the command if absent."""
+        return content.read_feature_meta(self.root)
+
+    def features(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Modality ("txt", "img") -> ((n_items, e) float32 matrix, (n_items,) bool mask), rows = internal idx."""
+        return content.read_features(self.root, self.items["item"])
+
+    def features_source(self) -> str:
+        """One line naming the feature encoders, for every report."""
+        return content.describe_features(self.root)
+
+    def tag_meta(self) -> dict[str, Any]:
+        """tags/meta.json ({} when the tags stage never ran)."""
+        return content.read_tag_meta(self.root)
+
+    def tag_vocabulary(self) -> dict[str, Any]:
+        """tags/vocab.json: per-domain tags with votes, and the shared vocabulary T."""
+        return content.read_vocabulary(self.root)
+
+    def tag_scores(self) -> tuple[np.ndarray, list[str]]:
+        """(n_items, |T|) uint8 item-tag scores 1-100 (0 = none), rows = internal idx, and the tag names."""
+        return content.read_tag_scores(self.root, self.items["item"])
+
+    def tag_source(self) -> str:
+        """One line naming where the tags come from, for every report."""
+        return content.describe_tags(self.root)
+
     @classmethod
-    def load(cls, root: str | Path) -> "Dataset":
+    def load(cls, root: str | Path, splits: bool = True) -> "Dataset":
+        """Open a dataset folder: manifest and items, and the three splits unless ``splits`` is False (the tags and
+        features stages need items only; splits are then read on first use)."""
         root = Path(root)
         manifest_path = root / "manifest.json"
         if not manifest_path.is_file():
@@ -149,8 +199,10 @@ class Dataset:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise DataError(f"dataset format {manifest.get('format_version')} is not {FORMAT_VERSION}; "
                             "re-run `temarec prepare`", manifest_path)
-        frames = {name: _read_parquet(root / f"{name}.parquet") for name in ("items", *SPLITS)}
-        return cls(root=root, manifest=manifest, **frames)
+        dataset = cls(root=root, manifest=manifest, items=_read_parquet(root / "items.parquet"))
+        for name in SPLITS if splits else ():
+            dataset.split(name)  # a damaged split is reported now, before any work
+        return dataset
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -161,14 +213,6 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"cannot read this Parquet file ({type(exc).__name__}: {exc}); the dataset folder is "
                         "damaged: re-run `temarec prepare`", path) from exc
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def draw_negatives(targets: np.ndarray, target_domains: np.ndarray, sizes: Sequence[int],
@@ -303,7 +347,7 @@ def write_dataset(root: str | Path, *, items: pd.DataFrame, train: pd.DataFrame,
         for (preset, s), arr in negatives.items():
             (tmp / "negatives" / preset).mkdir(parents=True, exist_ok=True)
             np.save(tmp / "negatives" / preset / f"{s}.npy", arr)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_json_atomic(tmp / "manifest.json", manifest)
     return root
 
 

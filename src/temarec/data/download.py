@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from temarec.data.dataset import DataError, sha256_file
+from temarec.data.dataset import DataError
+from temarec.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 

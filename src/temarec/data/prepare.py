@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from temarec.config import DataConfig
-from temarec.data.dataset import DataError, sha256_file
+from temarec.data.dataset import DataError
+from temarec.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -572,18 +572,16 @@ class TEMA(SequentialModel):
     def context_extras(cls, dataset: Any, cfg: Any) -> dict[str, Any]:
         """Frozen features and tag vectors from the dataset folder; missing image features drop "img"."""
         root = dataset.root
-        mods = _usable_modalities(root, cfg.model.specific["tema"].modalities, log_drop=True)
+        mods = _usable_modalities(dataset, cfg.model.specific["tema"].modalities, log_drop=True)
         extras: dict[str, Any] = {"modalities": mods}
         if any(m in CONTENT for m in mods):
-            from temarec.features.store import load_features
-
-            feats = load_features(root)
+            feats = dataset.features()
             extras["features"] = {m: feats[m] for m in CONTENT if m in mods}
         if "tag" in mods:
             from temarec.tags import load_tag_vectors
 
             try:
-                vectors, names = load_tag_vectors(root, selection=cfg.tags.selection,
+                vectors, names = load_tag_vectors(dataset, selection=cfg.tags.selection,
                                                   representation=cfg.tags.representation)
             except FileNotFoundError as exc:
                 raise ValueError(f"model.tema.modalities includes tag but {root} has no tags ({exc}); run "
@@ -593,18 +591,14 @@ class TEMA(SequentialModel):
 
     @classmethod
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
-        root, m = dataset.root, cfg.model.specific["tema"]
-        mods = _usable_modalities(root, m.modalities)
+        m = cfg.model.specific["tema"]
+        mods = _usable_modalities(dataset, m.modalities)
         encoders = "none (no text or image modality)"
         if any(x in CONTENT for x in mods):
-            from temarec.features.store import features_source
-
-            encoders = features_source(root)
+            encoders = dataset.features_source()
         tags = "none (tag modality off)"
         if "tag" in mods:
-            from temarec.tags import tag_source
-
-            tags = f"{tag_source(root)}; selection {cfg.tags.selection}, representation {cfg.tags.representation}"
+            tags = f"{dataset.tag_source()}; selection {cfg.tags.selection}, representation {cfg.tags.representation}"
         weights = modality_weights(m.alpha, mods)
         notes = ["modality weights " + ", ".join(f"{k} {v:.2f}" for k, v in weights.items())]
         dropped = [x for x in m.modalities if x not in mods]
@@ -711,14 +705,13 @@ def _first_used_column(seqs: torch.Tensor) -> int:
     return int(used[0]) if len(used) else seqs.shape[1] - 1
 
 
-def _usable_modalities(root: Any, requested: tuple[str, ...], log_drop: bool = False) -> tuple[str, ...]:
+def _usable_modalities(dataset: Any, requested: tuple[str, ...], log_drop: bool = False) -> tuple[str, ...]:
     """``requested`` minus "img" when the feature store has no image features (logged); errors name the command."""
     mods = [m for m in MODALITIES if m in requested]
+    root = dataset.root
     if any(m in CONTENT for m in mods):
-        from temarec.features.store import read_meta
-
         try:
-            available = read_meta(root)["modalities"]
+            available = dataset.feature_meta()["modalities"]
         except FileNotFoundError as exc:
             raise ValueError(f"model.tema.modalities includes {[m for m in mods if m in CONTENT]} but {root} has no "
                              f"features; run `temarec features --dataset {root}` (or set model.tema.modalities to "

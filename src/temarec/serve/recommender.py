@@ -378,12 +378,12 @@ class ItemTags:
     @classmethod
     def load(cls, dataset: Dataset, cfg: Config) -> "ItemTags | None":
         """None when the dataset folder has no (current) tags: items are then served without them."""
-        if not (dataset.root / "tags" / "meta.json").is_file():
+        if not dataset.tag_meta():
             return None
         from temarec.tags import load_tag_vectors
 
         try:
-            vectors, names = load_tag_vectors(dataset.root, cfg.tags.selection, cfg.tags.representation)
+            vectors, names = load_tag_vectors(dataset, cfg.tags.selection, cfg.tags.representation)
         except (FileNotFoundError, ValueError) as exc:
             log.warning("serving items without tags: %s", exc)
             return None

@@ -14,12 +14,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from temarec.config import TagsConfig
-from temarec.fileio import read_json as read_json_file
+from temarec.data.content import META, SCORES, VOCAB, tags_dir
+from temarec.data.dataset import Dataset
+from temarec.fileio import sha256_file, write_json_atomic
 from temarec.tags.backends import make_match_backend, make_vocab_backend
 from temarec.tags.backends.base import Item, TagsError
-from temarec.tags.cache import Cache
+from temarec.cache import Cache
 from temarec.tags.select import select
-from temarec.tags.store import META, SCORES, VOCAB, read_json, sha256_bytes, tags_dir, write_json, write_scores
+from temarec.tags.store import write_scores
 from temarec.tags.text import item_text
 from temarec.tags.vote import majority, vote
 
@@ -37,24 +39,16 @@ def run_tags(dataset_dir: str | Path, cfg: TagsConfig, steps: Sequence[str] = ST
     unknown = set(steps) - set(STEPS)
     if unknown or not steps:
         raise ValueError(f"tags steps must be among {STEPS}, got {list(steps)}")
-    root = Path(dataset_dir)
-    manifest_path = root / "manifest.json"
-    manifest = read_json_file(manifest_path, "the dataset folder is damaged: re-run `temarec prepare`") \
-        if manifest_path.is_file() else {}
-    if not manifest or not (root / "items.parquet").is_file():
-        raise FileNotFoundError(f"{root} is not a dataset folder (manifest.json, items.parquet); "
-                                "create one with `temarec prepare`")
-    items = pd.read_parquet(root / "items.parquet", columns=["item", "domain", "title", "description"])
-    domains = list(manifest["domains"])
-    out = tags_dir(root)
+    dataset = Dataset.load(dataset_dir, splits=False)
+    out = tags_dir(dataset.root)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
     with Cache(cfg.cache_path or out / "cache.sqlite") as cache:
         if "vocab" in steps:
-            summary["vocab"] = build_vocabulary(items, domains, cfg, cache, out)
+            summary["vocab"] = build_vocabulary(dataset, cfg, cache)
         if "match" in steps:
-            summary["match"] = match_items(items, cfg, cache, out)
-    summary["tag_source"] = read_json(out / META).get("tag_source", "")
+            summary["match"] = match_items(dataset, cfg, cache)
+    summary["tag_source"] = dataset.tag_meta().get("tag_source", "")
     return summary
 
 
@@ -62,8 +56,8 @@ def _texts(items: pd.DataFrame) -> list[str]:
     return [item_text(t, d) for t, d in zip(items["title"], items["description"])]
 
 
-def _update_meta(out: Path, section: str, body: dict[str, Any], cfg: TagsConfig) -> dict[str, Any]:
-    meta = read_json(out / META)
+def _update_meta(dataset: Dataset, section: str, body: dict[str, Any], cfg: TagsConfig) -> dict[str, Any]:
+    meta = dataset.tag_meta()
     meta[section] = body
     meta["config"] = asdict(cfg)
     vocab, match = meta.get("vocab"), meta.get("match")
@@ -71,14 +65,14 @@ def _update_meta(out: Path, section: str, body: dict[str, Any], cfg: TagsConfig)
         meta["tag_source"] = f"{vocab['source']} + {match['source']}"
     elif vocab:
         meta["tag_source"] = f"{vocab['source']} (not matched yet: run the match step)"
-    write_json(out / META, meta)
+    write_json_atomic(tags_dir(dataset.root) / META, meta, sort_keys=True)
     return meta
 
 
-def build_vocabulary(items: pd.DataFrame, domains: list[str], cfg: TagsConfig, cache: Cache,
-                     out: Path) -> dict[str, Any]:
+def build_vocabulary(dataset: Dataset, cfg: TagsConfig, cache: Cache) -> dict[str, Any]:
     """Algorithm 1 for each domain, then the union T of the T*_d -> vocab.json."""
     start = time.perf_counter()
+    items, domains, out = dataset.items, list(dataset.domains), tags_dir(dataset.root)
     texts = _texts(items)
     corpus = {d: [t for t, dom in zip(texts, items["domain"]) if dom == d] for d in domains}
     backend = make_vocab_backend(cfg, cache)
@@ -93,10 +87,11 @@ def build_vocabulary(items: pd.DataFrame, domains: list[str], cfg: TagsConfig, c
     shared = list(dict.fromkeys(t["tag"] for d in domains for t in per_domain[d]))
     if not shared:
         raise TagsError("the vocabulary is empty: no tag reached the vote threshold in any domain")
-    write_json(out / VOCAB, {"source": backend.describe(), "tags_per_domain": cfg.tags_per_domain,
-                             "rounds": cfg.rounds, "min_votes": need, "domains": per_domain, "shared": shared})
+    write_json_atomic(out / VOCAB, {"source": backend.describe(), "tags_per_domain": cfg.tags_per_domain,
+                                    "rounds": cfg.rounds, "min_votes": need, "domains": per_domain,
+                                    "shared": shared}, sort_keys=True)
     sizes = {d: len(per_domain[d]) for d in domains}
-    _update_meta(out, "vocab", {"source": backend.describe(), "sha256": sha256_bytes(out / VOCAB),
+    _update_meta(dataset, "vocab", {"source": backend.describe(), "sha256": sha256_file(out / VOCAB),
                                 "sizes": sizes, "shared": len(shared)}, cfg)
     seconds = time.perf_counter() - start
     log.info("tags vocab: %s; %s; shared vocabulary %d tags (%.1f s)", backend.describe(),
@@ -104,13 +99,12 @@ def build_vocabulary(items: pd.DataFrame, domains: list[str], cfg: TagsConfig, c
     return {"sizes": sizes, "shared": len(shared), "calls": backend.stats.as_dict(), "seconds": round(seconds, 2)}
 
 
-def match_items(items: pd.DataFrame, cfg: TagsConfig, cache: Cache, out: Path) -> dict[str, Any]:
+def match_items(dataset: Dataset, cfg: TagsConfig, cache: Cache) -> dict[str, Any]:
     """Score every item with text against the shared vocabulary -> scores.parquet, meta.json."""
     start = time.perf_counter()
+    items, out = dataset.items, tags_dir(dataset.root)
     vocab_path = out / VOCAB
-    if not vocab_path.is_file():
-        raise FileNotFoundError(f"{vocab_path} does not exist: run the vocab step first (temarec tags ... vocab)")
-    tags = read_json(vocab_path)["shared"]
+    tags = dataset.tag_vocabulary()["shared"]
     texts = _texts(items)
     unique: dict[tuple[str, str], int] = {}  # (domain, text) -> row of the distinct items
     distinct: list[Item] = []
@@ -144,12 +138,12 @@ def match_items(items: pd.DataFrame, cfg: TagsConfig, cache: Cache, out: Path) -
     pairs = write_scores(out / SCORES, items["item"].to_numpy(), tags, scores)
     tagged = has_text & ~failed
     stats = _selection_stats(scores[tagged], cfg)
-    body = {"source": backend.describe(), "vocab_sha256": sha256_bytes(vocab_path), "n_items": len(items),
+    body = {"source": backend.describe(), "vocab_sha256": sha256_file(vocab_path), "n_items": len(items),
             "n_tags": len(tags), "items_tagged": int(tagged.sum()), "items_without_text": int((~has_text).sum()),
             "items_failed": n_failed, "pairs": pairs,
             "selection_params": {"top_r": cfg.top_r, "theta": cfg.theta, "max_tags": cfg.max_tags},
             "default": {"selection": cfg.selection, "representation": cfg.representation}, **stats}
-    meta = _update_meta(out, "match", body, cfg)
+    meta = _update_meta(dataset, "match", body, cfg)
     seconds = time.perf_counter() - start
     summary = {**{k: v for k, v in body.items() if k not in ("vocab_sha256", "source")},
                "calls": calls, "seconds": round(seconds, 2)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temarec.config import TagsConfig
 from temarec.tags.backends.base import MatchBackend, VocabBackend
-from temarec.tags.cache import Cache
+from temarec.cache import Cache
 from temarec.tags.encoder import Encoder
 
 

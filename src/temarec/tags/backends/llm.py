@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from temarec.tags.backends.base import CallStats, Item, MatchResult, Progress, TagsError
-from temarec.tags.cache import Cache, cache_key
+from temarec.cache import Cache, cache_key
 from temarec.tags.prompts import load_prompt, match_prompt, prompt_hash, vocab_prompt
 from temarec.tags.text import normalize_tag, text_hash
 

@@ -1,7 +1,8 @@
 """Persistent cache of every LLM answer and encoder output: SQLite, one key-value table.
 
-Keys are SHA-256 digests of a JSON record naming the backend, the model, the prompt-template hash and the
-hash of the item text (plus the tags of the request), so a changed prompt or model never reuses old answers.
+Keys are SHA-256 digests of a JSON record (``cache_key``): for an LLM answer the backend, the model, the
+prompt-template hash and the hash of the item text (plus the tags of the request), so a changed prompt or model
+never reuses old answers; for an embedding the encoder's fingerprint and the content hash (temarec.embeddings).
 Each finished unit of work is committed in its own transaction; a run killed at any moment (even SIGKILL)
 loses at most the units in flight, and a restarted run reads everything else back from here.
 """
