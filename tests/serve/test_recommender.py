@@ -8,7 +8,7 @@ import torch
 from temarec.data.batches import pad_histories
 from temarec.serve.recommender import RecommendError, UnknownItemsError
 
-MODELS = ("random", "pop", "gru4rec", "sasrec", "tema", "abxi")
+MODELS = ("random", "pop", "gru4rec", "sasrec", "tema", "abxi", "pinet", "srgnn")
 
 HISTORY = ["F00001", "K01002", "F01003", "K01004"]  # baking items of both domains
 
