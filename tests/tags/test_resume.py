@@ -31,7 +31,7 @@ def cached_rows(path: Path) -> int:
         return 0
 
 
-def run_killed_then_resumed(root: Path, kwargs: dict, kill_at_rows: int, timeout_s: float = 120,
+def run_killed_then_resumed(root: Path, kwargs: dict, kill_at_rows: int, timeout_s: float = 600,
                             after_kill=lambda: None) -> int:
     """Start the stage in a subprocess, SIGKILL it once the cache holds ``kill_at_rows`` rows, then run it again
     to the end; returns the rows cached at the kill."""
