@@ -1,0 +1,75 @@
+"""MAN: shapes, padding, no peeking at later items, finite scores with an empty domain, it learns, settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from temarec.config import ModelConfig
+from temarec.models.base import ModelContext
+from temarec.models.man import MAN, MANSettings
+
+CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
+HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
+                        [2, 8, 12, 4, 4, 10],
+                        [0, 0, 0, 0, 0, 11]])  # no Food item at all
+
+
+def make_model(**overrides) -> MAN:
+    torch.manual_seed(0)
+    return MAN(ModelConfig(name="man", dim=16, dropout=0.1, **overrides), CTX).eval()
+
+
+@pytest.mark.parametrize("domain, n", [(0, 7), (1, 5)])
+def test_scores_cover_the_domains_items_and_are_finite(domain, n):
+    with torch.no_grad():
+        scores = make_model().score_domain(HISTORY, domain)
+    assert scores.shape == (3, n) and torch.isfinite(scores).all()
+
+
+def test_extra_left_padding_leaves_scores_unchanged():
+    model = make_model()
+    padded = torch.cat([torch.zeros(3, 4, dtype=torch.long), HISTORY], dim=1)
+    with torch.no_grad():
+        for domain in (0, 1):
+            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
+
+
+def test_features_at_a_position_ignore_later_items():
+    model = make_model()
+    changed = HISTORY.clone()
+    changed[:, -1] = 5  # a different (Food) item last
+    at = torch.full((3, 1), HISTORY.size(1) - 2)
+    with torch.no_grad():
+        for domain in (0, 1):
+            a, b = model.features(HISTORY, at, domain), model.features(changed, at, domain)
+            torch.testing.assert_close(a.local, b.local)
+            torch.testing.assert_close(a.glob, b.glob)
+        assert not torch.allclose(model.score_domain(HISTORY, 0), model.score_domain(changed, 0))
+
+
+def test_the_item_similarity_term_changes_the_scores_and_can_be_switched_off():
+    with torch.no_grad():
+        full = make_model().score_domain(HISTORY, 1)
+        towers = make_model(specific={"man": MANSettings(item_similarity=False)}).score_domain(HISTORY, 1)
+    assert not torch.allclose(full, towers)
+
+
+def test_eval_chunks_give_the_same_scores():
+    model = make_model()
+    small = make_model(specific={"man": MANSettings(eval_chunk=1)})
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_domain(HISTORY, 0), small.score_domain(HISTORY, 0))
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_loss_decreases_when_overfitting(overfit, loss, one_thread):
+    losses = overfit(make_model(loss=loss, num_sampled=4), lr=3e-2, steps=40)  # fixture in tests/conftest.py
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
+@pytest.mark.parametrize("field, value", [("num_groups", 0), ("similarity_window", 0), ("eval_chunk", 0)])
+def test_bad_settings_are_one_line_errors(field, value):
+    with pytest.raises(ValueError, match=f"model.man.{field}"):
+        MANSettings(**{field: value})
