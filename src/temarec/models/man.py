@@ -93,19 +93,33 @@ class GroupAttention(nn.Module):
         self.match_q, self.match_k, self.match_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.build_ffn, self.match_ffn = FeedForward(dim, dropout), FeedForward(dim, dropout)
 
-    def forward(self, prototypes: torch.Tensor, local: torch.Tensor, allowed: torch.Tensor,
+    def forward(self, prototypes: torch.Tensor, local: torch.Tensor, valid: torch.Tensor, latest: torch.Tensor,
                 user: torch.Tensor) -> torch.Tensor:
-        """prototypes (G, D), local (B, L, D) view states, allowed (B, T, L) keys per scored time, user (B, T, D)
-        the local summary at those times -> (B, T, D) the user's group representation."""
+        """prototypes (G, D), local (B, L, D) view states, valid (B, L) view items, latest (B, T) the view index
+        of the latest item at each scored time, user (B, T, D) the local summary there -> (B, T, D)."""
         p = self.ln_proto(prototypes)  # (G, D) queries as they are (official: no projection)
-        keys, values = self.build_k(local), self.build_v(local)  # (B, L, D)
-        groups = p + masked_attention(p, keys[:, None], values[:, None], allowed[:, :, None, :].expand(
-            -1, -1, p.size(0), -1))  # (B, T, G, D) each group's members among the past local items
+        groups = p + self.gather_past(p, self.build_k(local), self.build_v(local), valid, latest)  # (B, T, G, D)
         groups = groups + self.build_ffn(self.ln_build(groups))
         u = self.match_q(self.ln_user(user))[:, :, None]  # (B, T, 1, D)
         weights = torch.softmax((u * self.match_k(groups)).sum(-1) / u.size(-1) ** 0.5, dim=-1)  # (B, T, G)
         picked = (weights[..., None] * self.match_v(groups)).sum(2)  # (B, T, D)
         return picked + self.match_ffn(self.ln_match(picked))
+
+    @staticmethod
+    def gather_past(p: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+                    latest: torch.Tensor) -> torch.Tensor:
+        """Each prototype's attention over the view items up to each scored time -> (B, T, G, D), zeros where
+        there is none yet. The queries are fixed, so softmax over a growing prefix is a ratio of running sums
+        (exact; float64 so that exp(score - row max) cannot underflow to an empty sum)."""
+        scores = (p @ keys.transpose(1, 2)).double() / p.size(-1) ** 0.5  # (B, G, L)
+        scores = scores.masked_fill(~valid[:, None], float("-inf"))
+        top = scores.amax(-1, keepdim=True).clamp(min=-1e30).detach()  # (B, G, 1); rows without items stay finite
+        e = torch.exp(scores - top)  # (B, G, L), 0 at padding
+        num = (e[..., None] * values.double()[:, None]).cumsum(2)  # (B, G, L, D)
+        den = e.cumsum(2)[..., None]  # (B, G, L, 1)
+        mean = (num / den.clamp(min=1e-300)).to(values.dtype)  # (B, G, L, D)
+        index = latest[:, None, :, None].expand(-1, p.size(0), -1, values.size(-1))  # (B, G, T, D)
+        return mean.gather(2, index).transpose(1, 2)  # (B, T, G, D)
 
 
 class ItemSimilarity(nn.Module):
@@ -169,9 +183,7 @@ class MAN(SequentialModel):
         glob_mean = gather_time(prefix_mean(glob, valid), at)  # (B, T, D)
         fused = self.fusion[domain](read(local), read(glob), self.fusion_mask(view, valid))  # (B, L, D)
         fused_mean = gather_time(prefix_mean(fused, view.valid), latest)  # (B, T, D)
-        idx = torch.arange(seqs.size(1), device=seqs.device)
-        past = view.valid[:, None, :] & (idx <= latest[..., None])  # (B, T, L) local items up to each time
-        group = self.groups[domain](self.prototypes, read(local), past, read(local_mean))  # (B, T, D)
+        group = self.groups[domain](self.prototypes, read(local), view.valid, latest, read(local_mean))  # (B, T, D)
         user_local = self.local_towers[domain](torch.cat([local_mean, fused_mean, group], dim=-1))
         keys = glob_in + torch.zeros_like(glob_in).scatter_add(  # local inputs back at their merged positions
             1, view.time[..., None].expand_as(local_in), local_in * view.valid[..., None])
