@@ -10,7 +10,7 @@ from temarec.cli import main
 from temarec.config import load_config
 from temarec.data.dataset import Dataset
 from temarec.serve import Recommender
-from temarec.train import train_run
+from temarec.runs import train_run
 
 
 @pytest.mark.parametrize("model", ["man", "tricdr"])

@@ -110,14 +110,15 @@ class GroupAttention(nn.Module):
                     latest: torch.Tensor) -> torch.Tensor:
         """Each prototype's attention over the view items up to each scored time -> (B, T, G, D), zeros where
         there is none yet. The queries are fixed, so softmax over a growing prefix is a ratio of running sums
-        (exact; float64 so that exp(score - row max) cannot underflow to an empty sum)."""
-        scores = (p @ keys.transpose(1, 2)).double() / p.size(-1) ** 0.5  # (B, G, L)
+        (exact, up to exp(score - row max) underflowing for a prefix whose scores sit > 87 below the row's best,
+        where the group reads 0)."""
+        scores = (p @ keys.transpose(1, 2)) / p.size(-1) ** 0.5  # (B, G, L)
         scores = scores.masked_fill(~valid[:, None], float("-inf"))
         top = scores.amax(-1, keepdim=True).clamp(min=-1e30).detach()  # (B, G, 1); rows without items stay finite
         e = torch.exp(scores - top)  # (B, G, L), 0 at padding
-        num = (e[..., None] * values.double()[:, None]).cumsum(2)  # (B, G, L, D)
+        num = (e[..., None] * values[:, None]).cumsum(2)  # (B, G, L, D)
         den = e.cumsum(2)[..., None]  # (B, G, L, 1)
-        mean = (num / den.clamp(min=1e-300)).to(values.dtype)  # (B, G, L, D)
+        mean = num / den.clamp(min=1e-30)  # (B, G, L, D)
         index = latest[:, None, :, None].expand(-1, p.size(0), -1, values.size(-1))  # (B, G, T, D)
         return mean.gather(2, index).transpose(1, 2)  # (B, T, G, D)
 
