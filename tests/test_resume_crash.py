@@ -193,3 +193,25 @@ def test_a_run_pointed_at_another_dataset_is_refused(generated_dataset, tmp_path
     code = main(["recommend", "--run", str(run), "--domain", "Food"])
     err = capsys.readouterr().err
     assert code == 2 and "trained on other items" in err and "'renamed-item'" in err and "Traceback" not in err
+
+
+def test_no_finite_validation_mrr_is_a_clear_error_not_a_missing_file(generated_dataset, tmp_path, monkeypatch):
+    """Issue 17 #3: with a NaN validation MRR every epoch no checkpoint was saved, and training failed at the end
+    with "No such file or directory: .../model.safetensors"."""
+    import temarec.train as train
+
+    monkeypatch.setattr(train, "selection_score", lambda valid: float("nan"))
+    with pytest.raises(ValueError, match="no epoch gave a finite validation MRR"):
+        train_run(generated_dataset, load_config(None, [*SETTINGS, "train.epochs=1"]), tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", ["config.json", "run.json", "item_ids.json"])
+def test_a_damaged_run_file_is_one_line_naming_it(name, generated_dataset, tmp_path, capsys):
+    """Issue 17 #9: a corrupt config.json ended in a JSON error that did not name the file."""
+    run = tmp_path / "run"
+    train_run(generated_dataset, load_config(None, ["model.name=pop"]), run)
+    path = run / name
+    path.write_text(path.read_text()[:30])
+    code = main(["recommend", "--run", str(run), "--domain", "Food"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and f"{path}: not valid JSON" in err, err
