@@ -215,3 +215,19 @@ def test_a_damaged_run_file_is_one_line_naming_it(name, generated_dataset, tmp_p
     code = main(["recommend", "--run", str(run), "--domain", "Food"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and f"{path}: not valid JSON" in err, err
+
+
+def test_a_state_written_by_temarec_0_1_still_resumes(generated_dataset, tmp_path):
+    """0.1.0 kept the weights in last.safetensors and no RNG states in last_state.pt."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    train_run(generated_dataset, load_config(None, [*SETTINGS, "train.epochs=1"]), run)
+    state = torch.load(run / "last_state.pt", weights_only=True)
+    save_file(state.pop("model"), str(run / "last.safetensors"))
+    for key in ("rng", "log_bytes"):
+        state.pop(key)
+    torch.save(state, run / "last_state.pt")
+    metrics = train_run(generated_dataset, load_config(None, [*SETTINGS, "train.epochs=2"]), run, resume=True)
+    assert metrics["timing"]["epochs"] == 2
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

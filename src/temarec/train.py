@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from temarec.checkpoint import load_state, save_state, save_weights, set_weights, weight_tensors
+from temarec.checkpoint import load_state, load_weights, save_state, save_weights, set_weights, weight_tensors
 from temarec.config import Config
 from temarec.data.batches import pad_histories
 from temarec.data.dataset import Dataset
@@ -147,12 +147,19 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
     start_epoch, bad_epochs, epoch_times = 1, 0, []
     if resume and (out / STATE).is_file():
         state = load_state(out / STATE)
-        set_weights(model, state["model"], out / STATE)
+        if "model" in state:
+            set_weights(model, state["model"], out / STATE)
+        else:  # written by temarec 0.1.0: weights in last.safetensors, no RNG states, no log length
+            log.warning("%s was written by temarec 0.1.0: resuming without its RNG states (not bit-identical to "
+                        "an uninterrupted run)", out / STATE)
+            load_weights(model, out / "last.safetensors")
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, bad_epochs, epoch_times = state["epoch"] + 1, state["bad_epochs"], list(state["epoch_times"])
         best = {"score": state["best_score"], "epoch": state["best_epoch"], "valid": None}
-        _truncate_log(out / LOG, state["log_bytes"])
-        set_rng_states(state["rng"])
+        if "log_bytes" in state:
+            _truncate_log(out / LOG, state["log_bytes"])
+        if "rng" in state:
+            set_rng_states(state["rng"])
         log.info("resuming after epoch %d (best validation MRR %.4f at epoch %d)", state["epoch"], best["score"],
                  best["epoch"])
     elif resume:
