@@ -272,7 +272,8 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
         return {"items": rec.search(q, domain, limit)}
 
     @app.get("/items/{item_id:path}", summary="one item of the catalogue",
-             responses={404: _error("unknown item id"), 422: _error("malformed path")})
+             responses={404: _error("unknown item id"),
+                        422: _error("the path fails validation (not expected: any string is an item id)")})
     async def item(item_id: str) -> dict[str, Any]:
         try:
             return rec.item(item_id)
