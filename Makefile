@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: quickstart test install install-dev
+.PHONY: quickstart test install install-dev install-llamacpp
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[dev]'
 	touch $@
 
+# llama-cpp-python compiles llama.cpp (no wheel on PyPI for this platform); without its multimodal library (unused
+# here) the build is about a third shorter. `make test` runs the llama.cpp tests only where this was done.
+$(VENV)/.installed-llamacpp: $(VENV)/.installed-dev
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" CMAKE_BUILD_PARALLEL_LEVEL="$$(nproc)" \
+		$(PIP) install --quiet -e '.[llamacpp]'
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-llamacpp: $(VENV)/.installed-llamacpp
 
 quickstart: install
 	$(VENV)/bin/temarec quickstart --out runs/quickstart

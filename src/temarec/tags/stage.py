@@ -151,9 +151,10 @@ def match_items(dataset: Dataset, cfg: TagsConfig, cache: Cache) -> dict[str, An
     log.info("tags match: %s", meta["tag_source"])
     log.info("tags match: %d of %d items tagged (%d without text, %d failed) in %.1f s; tags per item under %s: "
              "mean %.2f, min %d, max %d; %.1f%% of tagged items have no tag >= %g; requests: %d sent, %d retried, "
-             "%d failed, %d from cache", summary["items_tagged"], len(items), body["items_without_text"], n_failed,
-             seconds, cfg.selection, tpi["mean"], tpi["min"], tpi["max"], 100 * stats["share_no_tag_ge_theta"],
-             cfg.theta, calls["calls"], calls["retried"], calls["failed"], calls["from_cache"])
+             "%d failed, %d from cache; tokens: %d prompt, %d completion", summary["items_tagged"], len(items),
+             body["items_without_text"], n_failed, seconds, cfg.selection, tpi["mean"], tpi["min"], tpi["max"],
+             100 * stats["share_no_tag_ge_theta"], cfg.theta, calls["calls"], calls["retried"], calls["failed"],
+             calls["from_cache"], calls["prompt_tokens"], calls["completion_tokens"])
     return summary
 
 

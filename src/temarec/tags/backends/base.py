@@ -42,6 +42,8 @@ class CallStats:
     retried: int = 0  # retries (each failed attempt that was tried again)
     failed: int = 0  # requests that failed after all retries
     from_cache: int = 0  # units of work read back from the cache
+    prompt_tokens: int = 0  # tokens the model read and wrote, as it reports them (answers that parsed or not)
+    completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -50,7 +52,8 @@ class CallStats:
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "retried": self.retried, "failed": self.failed, "from_cache": self.from_cache}
+        return {"calls": self.calls, "retried": self.retried, "failed": self.failed, "from_cache": self.from_cache,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
 @dataclass

@@ -21,6 +21,7 @@ import math
 import random
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -59,13 +60,22 @@ class CallFailed(RuntimeError):
     """One request failed after all retries."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A model's text and what it cost, in the model's own tokens (0 where the server does not say)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class Transport(Protocol):
     name: str  # backend name, part of the cache key
     model: str  # model identity, part of the cache key
 
     def describe(self) -> str: ...
 
-    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int) -> str: ...
+    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int) -> Answer: ...
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -163,18 +173,36 @@ def parse_scores(text: str, tags: Sequence[str]) -> list[int]:
     return [got[i] for i in range(len(tags))]
 
 
+# The schemas are written in the JSON-schema subset every constrained-decoding engine enforces (llama.cpp's grammar
+# converter ignores minimum/maximum and minLength/maxLength; OpenAI's strict mode refuses the latter): ranges are
+# enums, a tag's length is a pattern. A bounded answer also means a bounded generation: max_tokens below is the
+# longest answer the schema allows at one token per character (an upper bound for any tokenizer on ASCII text).
+MAX_TAG_CHARS = 40
+TAG_PATTERN = rf'^[^"\\\x00-\x1f]{{1,{MAX_TAG_CHARS}}}$'  # 1-40 characters, none needing a JSON escape
+VOCAB_SCORES = [round(i / 100, 2) for i in range(101)]  # [0, 1] in steps of 0.01
+
+
 def vocab_schema(n: int) -> dict[str, Any]:
     entry = {"type": "object", "additionalProperties": False, "required": ["tag", "score"],
-             "properties": {"tag": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}}}
+             "properties": {"tag": {"type": "string", "pattern": TAG_PATTERN},
+                            "score": {"type": "number", "enum": VOCAB_SCORES}}}
     return {"type": "object", "additionalProperties": False, "required": ["tags"],
             "properties": {"tags": {"type": "array", "minItems": n, "maxItems": n, "items": entry}}}
 
 
+def vocab_max_tokens(n: int) -> int:
+    return 16 + n * (MAX_TAG_CHARS + 28)  # {"tag": "<tag>", "score": 0.25},
+
+
 def match_schema(tags: Sequence[str]) -> dict[str, Any]:
-    score = {"type": "integer", "minimum": 1, "maximum": 100}
     scores = {"type": "object", "additionalProperties": False, "required": list(tags),
-              "properties": {t: score for t in tags}}
-    return {"type": "object", "additionalProperties": False, "required": ["scores"], "properties": {"scores": scores}}
+              "properties": {t: {"$ref": "#/$defs/score"} for t in tags}}
+    return {"type": "object", "additionalProperties": False, "required": ["scores"], "properties": {"scores": scores},
+            "$defs": {"score": {"type": "integer", "enum": list(range(1, 101))}}}
+
+
+def match_max_tokens(tags: Sequence[str]) -> int:
+    return 16 + sum(len(json.dumps(t)) + 8 for t in tags)  # "<tag>": 100,
 
 
 # ---------------------------------------------------------------------------------------------- asking
@@ -198,7 +226,9 @@ class Chat:
             self.stats.add(calls=1)
             answer = ""
             try:
-                answer = self.transport.complete(messages, schema, max_tokens)
+                reply = self.transport.complete(messages, schema, max_tokens)
+                self.stats.add(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens)
+                answer = reply.text
                 return parse(answer)
             except InvalidOutput as exc:
                 last = f"invalid answer: {exc}"
@@ -243,7 +273,7 @@ class LLMVocab:
                 responses.append([(tag, float(s)) for tag, s in json.loads(hit)])
                 continue
             try:
-                pairs = self.chat.ask(prompt, vocab_schema(n), 64 + 24 * n, lambda a: parse_vocab(a, n))
+                pairs = self.chat.ask(prompt, vocab_schema(n), vocab_max_tokens(n), lambda a: parse_vocab(a, n))
             except CallFailed as exc:
                 raise TagsError(f"vocabulary for {domain!r}, round {r + 1}/{rounds}: {exc}") from exc
             except FatalError as exc:
@@ -307,7 +337,7 @@ class LLMMatcher:
              fill: Callable, failed: np.ndarray, errors: list[str], progress: Progress) -> None:
         def ask(i: int, g: int) -> list[int]:
             group = groups[g]
-            return self.chat.ask(prompts[i, g], match_schema(group), 32 + 12 * len(group),
+            return self.chat.ask(prompts[i, g], match_schema(group), match_max_tokens(group),
                                  lambda a: parse_scores(a, group))
 
         consecutive = 0

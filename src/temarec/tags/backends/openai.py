@@ -1,8 +1,10 @@
 """Transport for any OpenAI-compatible chat-completions server: vLLM, Ollama, llama.cpp server, LM Studio, OpenAI.
 
 Standard library HTTP only (no client package). Structured output is tried in the strongest form the server takes:
-``json_schema`` (vLLM, llama.cpp server, LM Studio, OpenAI, recent Ollama), then ``json_object``, then plain text
-parsed tolerantly; a 400 naming the response format moves one step down, once for the whole run.
+``json_schema`` (vLLM, llama.cpp's own server, LM Studio, OpenAI, recent Ollama), then ``json_object`` carrying the
+schema in a ``schema`` field (llama-cpp-python's server, which refuses ``json_schema``, turns it into a grammar;
+servers that do not know the field ignore it), then plain text parsed tolerantly. A 400 or 422 naming the response
+format moves one step down, once for the whole run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from temarec.tags.backends.llm import FatalError, InvalidOutput, TransientError, Truncated
+from temarec.tags.backends.llm import Answer, FatalError, InvalidOutput, TransientError, Truncated
 
 MODES = ("json_schema", "json_object", "none")
 
@@ -45,17 +47,17 @@ class OpenAITransport:
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "answer", "schema": schema, "strict": True}}
         elif mode == "json_object":
-            body["response_format"] = {"type": "json_object"}
+            body["response_format"] = {"type": "json_object", "schema": schema}
         return json.dumps(body).encode("utf-8")
 
-    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int) -> str:
+    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int) -> Answer:
         while True:
             mode = self.mode
             try:
                 return self._post(self._body(messages, schema, max_tokens, mode), max_tokens)
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:300].decode("utf-8", "replace")
-                if exc.code == 400 and self.fallback and mode != "none" and \
+                if exc.code in (400, 422) and self.fallback and mode != "none" and \
                         any(w in detail.lower() for w in ("response_format", "json_schema", "schema", "json_object")):
                     with self._lock:  # one step down for every later request
                         if self.mode == mode:
@@ -70,7 +72,7 @@ class OpenAITransport:
                     raise TransientError(f"HTTP {exc.code} from {self.url}", retry_after=wait) from exc
                 raise InvalidOutput(f"HTTP {exc.code} from {self.url}: {detail.strip()[:200]}") from exc
 
-    def _post(self, data: bytes, max_tokens: int) -> str:
+    def _post(self, data: bytes, max_tokens: int) -> Answer:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -92,8 +94,9 @@ class OpenAITransport:
             envelope = json.loads(raw)
             choice = envelope["choices"][0]
             content = choice["message"]["content"] or ""
+            usage = envelope.get("usage") or {}
         except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise TransientError(f"malformed chat-completions envelope from {self.url}: {raw[:120]!r}") from exc
         if choice.get("finish_reason") == "length":
             raise Truncated(f"the answer was cut off at max_tokens={max_tokens} (truncated JSON)")
-        return content
+        return Answer(content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))

@@ -1,0 +1,182 @@
+"""The LLM tag stage on real engines: llama-cpp-python in-process (``llamacpp``) and llama-cpp-python's own
+OpenAI-compatible server (``openai``), both running a tiny random GGUF model (tiny_gguf.py) on the generated world.
+
+The model's words are nonsense; what is tested is everything around them, for real: the prompts through the GGUF's
+chat template, grammar-constrained generation from our JSON schemas, parsing, the vote, 1-100 scores, the cache,
+a SIGKILLed run resuming to identical files, and the server path (its refusal of ``json_schema``, then schema-guided
+``json_object``). Skipped where llama-cpp-python is not installed (``pip install -e '.[llamacpp]'``; CI installs it).
+"""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[llamacpp]'")
+pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[llamacpp]'")
+
+from test_resume import OUTPUTS, run_killed_then_resumed  # noqa: E402
+from tiny_gguf import write_tiny_llama  # noqa: E402
+
+from temarec.cli import main  # noqa: E402
+from temarec.config import TagsConfig  # noqa: E402
+from temarec.data.synthetic import write_synthetic  # noqa: E402
+from temarec.tags import load_scores, read_vocabulary, run_tags, tag_source  # noqa: E402
+from temarec.tags.backends.llm import MAX_TAG_CHARS, match_schema  # noqa: E402
+from temarec.tags.prompts import NAMES, load_prompt, match_prompt  # noqa: E402
+
+N_TAGS, ROUNDS, PER_REQUEST = 3, 3, 3  # 2 domains x 3 tags -> at most 6 shared tags, 2 requests per item
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """A small generated world: 8 genres x 2 items x 2 domains = 32 items with titles."""
+    return write_synthetic(tmp_path_factory.mktemp("llm-world") / "data", n_users=40, items_per_genre=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, world) -> Path:
+    titles = pd.read_parquet(world / "items.parquet")["title"].tolist()
+    return write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny.gguf", [load_prompt(n) for n in NAMES] + titles)
+
+
+def fresh_copy(world: Path, to: Path) -> Path:
+    shutil.copytree(world, to, ignore=shutil.ignore_patterns("tags"))
+    return to
+
+
+def llamacpp_settings(model: Path) -> dict:
+    return dict(vocab_backend="llamacpp", match_backend="llamacpp", gguf_path=str(model), tags_per_domain=N_TAGS,
+                rounds=ROUNDS, tags_per_request=PER_REQUEST, concurrency=2, max_retries=2, retry_backoff_s=0.01)
+
+
+def check_outputs(root: Path) -> tuple[dict, np.ndarray, list[str]]:
+    """What any LLM run must produce: the vote of R identical greedy answers, and a 1-100 score for every pair."""
+    vocab = read_vocabulary(root)
+    for domain in ("Food", "Kitchen"):
+        entries = vocab["domains"][domain]
+        assert len(entries) == N_TAGS
+        # temperature 0: the R rounds answer alike, so every tag has all R votes
+        assert all(e["votes"] == ROUNDS and 0 <= e["mean_score"] <= 1 for e in entries)
+        assert all(0 < len(e["tag"]) <= MAX_TAG_CHARS for e in entries)
+    assert vocab["shared"] == list(dict.fromkeys(e["tag"] for d in ("Food", "Kitchen") for e in vocab["domains"][d]))
+    scores, tags = load_scores(root)
+    assert tags == vocab["shared"] and scores.shape == (32, len(tags))
+    assert scores.min() >= 1 and scores.max() <= 100  # every item has a title: every pair is scored
+    assert len(np.unique(scores)) > 5  # a model answered, not a constant
+    meta = json.loads((root / "tags" / "meta.json").read_text())
+    assert meta["match"]["items_tagged"] == 32 and meta["match"]["items_failed"] == 0
+    return vocab, scores, tags
+
+
+def test_cli_tags_with_llamacpp_in_process(world, tiny_gguf, tmp_path, caplog):
+    root = fresh_copy(world, tmp_path / "ds")
+    args = ["tags", "--dataset", str(root)]
+    for key, value in llamacpp_settings(tiny_gguf).items():
+        args += ["--set", f"tags.{key}={value}"]
+    with caplog.at_level(logging.INFO, logger="temarec"):
+        assert main(args) == 0
+    _, scores, tags = check_outputs(root)
+    n_requests = 2 * ROUNDS + 32 * -(-len(tags) // PER_REQUEST)
+    # the grammar keeps every answer valid: no request was asked twice
+    assert f"requests: {n_requests - 2 * ROUNDS} sent, 0 retried, 0 failed, 0 from cache" in caplog.text
+    assert tag_source(root) == ("LLM vocabulary (llama.cpp tiny.gguf) + LLM matching (llama.cpp tiny.gguf, "
+                                f"{PER_REQUEST} tags per request)")
+
+    # the stage stored the engine's own answer: ask llama.cpp directly for item 0's first tags
+    from llama_cpp import Llama
+
+    items = pd.read_parquet(root / "items.parquet")
+    llm = Llama(model_path=str(tiny_gguf), n_ctx=4096, seed=0, verbose=False)
+    group = tags[:PER_REQUEST]
+    prompt = match_prompt("Food", f"Title: {items['title'][0]}", group)
+    out = llm.create_chat_completion(
+        messages=[{"role": "system", "content": load_prompt("system").strip()}, {"role": "user", "content": prompt}],
+        temperature=0.0, max_tokens=512, response_format={"type": "json_object", "schema": match_schema(group)})
+    direct = json.loads(out["choices"][0]["message"]["content"])["scores"]
+    assert [direct[t] for t in group] == scores[0, :PER_REQUEST].tolist()
+
+    first = {n: (root / "tags" / n).read_bytes() for n in OUTPUTS}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="temarec"):
+        assert main(args) == 0  # rerun: every answer from the cache, the same files
+    assert f"requests: 0 sent, 0 retried, 0 failed, {n_requests - 2 * ROUNDS} from cache" in caplog.text
+    assert {n: (root / "tags" / n).read_bytes() for n in OUTPUTS} == first
+
+
+def test_llamacpp_sigkill_mid_match_then_resume_is_byte_identical(world, tiny_gguf, tmp_path):
+    kwargs = llamacpp_settings(tiny_gguf)
+    reference = fresh_copy(world, tmp_path / "ref")
+    run_tags(reference, TagsConfig(**kwargs))
+    killed = fresh_copy(world, tmp_path / "killed")
+    at_kill = run_killed_then_resumed(killed, kwargs, kill_at_rows=2 * ROUNDS + 10)
+    assert at_kill < 2 * ROUNDS + 64
+    for name in OUTPUTS:
+        assert (killed / "tags" / name).read_bytes() == (reference / "tags" / name).read_bytes(), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server(tiny_gguf, tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server on a loopback port, serving the tiny model."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed: "
+                                                       "pip install -e '.[llamacpp]'")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf),
+                                 "--model_alias", "tiny", "--host", "127.0.0.1", "--port", str(port),
+                                 "--n_ctx", "4096", "--seed", "0", "--verbose", "False"],
+                                stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=1):
+                break
+        except OSError:
+            assert proc.poll() is None, f"the server exited: {log_path.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "the server did not start within 60 s"
+            time.sleep(0.2)
+    yield url, log_path
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_openai_backend_against_llama_cpp_server(world, tiny_gguf, llama_server, tmp_path):
+    url, log_path = llama_server
+    kwargs = dict(llamacpp_settings(tiny_gguf), vocab_backend="openai", match_backend="openai", base_url=url,
+                  model="tiny", timeout_s=30)
+    root = fresh_copy(world, tmp_path / "ds")
+    summary = run_tags(root, TagsConfig(**kwargs))
+    _, scores, tags = check_outputs(root)
+    assert summary["match"]["calls"]["retried"] == 0 and summary["vocab"]["calls"]["retried"] == 0
+    # the server refuses response_format json_schema (422), and the transport steps down to json_object + schema
+    log = log_path.read_text()
+    assert '"POST /v1/chat/completions HTTP/1.1" 422' in log and '"POST /v1/chat/completions HTTP/1.1" 200' in log
+
+    # the same engine in-process gives the same answers: the transport changes nothing
+    in_process = fresh_copy(world, tmp_path / "in-process")
+    run_tags(in_process, TagsConfig(**llamacpp_settings(tiny_gguf)))
+    assert read_vocabulary(in_process)["shared"] == tags
+    assert load_scores(in_process)[0].tolist() == scores.tolist()
+
+    killed = fresh_copy(world, tmp_path / "killed")
+    run_killed_then_resumed(killed, kwargs, kill_at_rows=2 * ROUNDS + 10)
+    for name in OUTPUTS:
+        assert (killed / "tags" / name).read_bytes() == (root / "tags" / name).read_bytes(), name
