@@ -9,13 +9,7 @@ a SIGKILLed run resuming to identical files, and the server path (its refusal of
 
 import json
 import logging
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +19,7 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[llamacpp]'")
 pytest.importorskip("gguf", reason="gguf is not installed: pip install -e '.[llamacpp]'")
 
+from llama_server import start_llama_server, stop  # noqa: E402
 from test_resume import OUTPUTS, run_killed_then_resumed  # noqa: E402
 from tiny_gguf import write_tiny_llama  # noqa: E402
 
@@ -125,37 +120,15 @@ def test_llamacpp_sigkill_mid_match_then_resume_is_byte_identical(world, tiny_gg
         assert (killed / "tags" / name).read_bytes() == (reference / "tags" / name).read_bytes(), name
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tiny_gguf, tmp_path_factory):
     """llama-cpp-python's OpenAI-compatible server on a loopback port, serving the tiny model."""
     pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed: "
                                                        "pip install -e '.[llamacpp]'")
-    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(tiny_gguf),
-                                 "--model_alias", "tiny", "--host", "127.0.0.1", "--port", str(port),
-                                 "--n_ctx", "4096", "--seed", "0", "--verbose", "False"],
-                                stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=1):
-                break
-        except OSError:
-            assert proc.poll() is None, f"the server exited: {log_path.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "the server did not start within 60 s"
-            time.sleep(0.2)
+    proc, url = start_llama_server(tiny_gguf, log_path)
     yield url, log_path
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop(proc)
 
 
 def test_openai_backend_against_llama_cpp_server(world, tiny_gguf, llama_server, tmp_path):
