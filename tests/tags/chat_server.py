@@ -8,7 +8,8 @@ Faults (``server.faults``, consumed one per request in arrival order; ``server.a
     bad_tag     a tag that was not requested       range      a score of 150
     fenced      valid JSON inside a code fence     429        HTTP 429 with Retry-After: 0
     schema400   HTTP 400 to a json_schema request   401        HTTP 401
-    schema422   HTTP 422 to a json_schema request, worded as llama-cpp-python's server (pydantic) words it
+    schema422   HTTP 422 to a json_schema request (FastAPI's validation error)
+    schema500   HTTP 500 to a json_schema request, worded as llama-cpp-python's server words it
 """
 
 from __future__ import annotations
@@ -87,13 +88,18 @@ class ChatServer:
     def respond(self, h: BaseHTTPRequestHandler, body: dict, fault: str | None) -> None:
         if self.delay_s:
             time.sleep(self.delay_s)
-        status = {"500": 500, "429": 429, "401": 401, "schema400": 400, "schema422": 422}.get(fault or "")
-        if fault in ("schema400", "schema422") and body.get("response_format", {}).get("type") != "json_schema":
+        status = {"500": 500, "429": 429, "401": 401, "schema400": 400, "schema422": 422,
+                  "schema500": 500}.get(fault or "")
+        if fault and fault.startswith("schema") and body.get("response_format", {}).get("type") != "json_schema":
             status = None
         if status:
-            message = {400: b'{"error": "response_format json_schema is not supported"}',
-                       422: b'{"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"], '
-                            b'"msg": "Input should be \'text\' or \'json_object\'"}]}'}.get(status, b"{}")
+            refusal = (b"{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                       b"'msg': \"Input should be 'text' or 'json_object'\"}")
+            message = {"schema400": b'{"error": "response_format json_schema is not supported"}',
+                       "schema422": b'{"detail": [{"type": "literal_error", "loc": ["body", "response_format", '
+                                    b'"type"]}]}',
+                       "schema500": b'{"error": {"message": "1 validation error: ' + refusal + b'", '
+                                    b'"type": "internal_server_error"}}'}.get(fault or "", b"{}")
             h.send_response(status)
             if status == 429:
                 h.send_header("Retry-After", "0")

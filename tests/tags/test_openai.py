@@ -97,7 +97,7 @@ def test_a_retry_after_invalid_output_says_what_was_wrong(dataset, server):
     assert retry[2]["role"] == "assistant" and "not valid" in retry[3]["content"]
 
 
-@pytest.mark.parametrize("fault", ["schema400", "schema422"])
+@pytest.mark.parametrize("fault", ["schema400", "schema422", "schema500"])
 def test_structured_output_falls_back_when_the_server_rejects_json_schema(dataset, server, fault):
     server.always = fault
     run_tags(dataset, llm_cfg(server))

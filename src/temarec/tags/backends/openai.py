@@ -3,8 +3,9 @@
 Standard library HTTP only (no client package). Structured output is tried in the strongest form the server takes:
 ``json_schema`` (vLLM, llama.cpp's own server, LM Studio, OpenAI, recent Ollama), then ``json_object`` carrying the
 schema in a ``schema`` field (llama-cpp-python's server, which refuses ``json_schema``, turns it into a grammar;
-servers that do not know the field ignore it), then plain text parsed tolerantly. A 400 or 422 naming the response
-format moves one step down, once for the whole run.
+servers that do not know the field ignore it), then plain text parsed tolerantly. A 400, 422 or 500 whose body
+names the response format moves one step down, once for the whole run (llama-cpp-python's server answers a
+``json_schema`` request with a 500 that quotes its validation error).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class OpenAITransport:
                 return self._post(self._body(messages, schema, max_tokens, mode), max_tokens)
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:300].decode("utf-8", "replace")
-                if exc.code in (400, 422) and self.fallback and mode != "none" and \
+                if exc.code in (400, 422, 500) and self.fallback and mode != "none" and \
                         any(w in detail.lower() for w in ("response_format", "json_schema", "schema", "json_object")):
                     with self._lock:  # one step down for every later request
                         if self.mode == mode:
