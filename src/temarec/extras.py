@@ -15,7 +15,7 @@ EXTRAS = {  # extra -> what it is for (the extras themselves are declared in pyp
     "image": "image features (Pillow, transformers' CLIP)",
     "serve": "the HTTP service (FastAPI, uvicorn)",
     "export": "ONNX export (onnx, onnxruntime)",
-    "llamacpp": "LLM tagging in-process (llama-cpp-python)",
+    "llamacpp": "LLM tagging in-process or behind its server (llama-cpp-python, gguf)",
     "track": "experiment tracking (TensorBoard, MLflow)",
 }
 
