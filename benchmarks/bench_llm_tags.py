@@ -1,10 +1,11 @@
 """What the LLM tag stage's plumbing costs on real engines (figures for docs/TAGS.md, "What a run costs").
 
-    python benchmarks/bench_llm_tags.py [--work DIR] [--items-per-genre 60] [--only inprocess,server1,server4]
+    python benchmarks/bench_llm_tags.py [--work DIR] [--items-per-genre 60] [--sample N] [--only inprocess,server1]
 
 The generated world (8 genres x 2 domains x items-per-genre items, titles only) gets the offline mined vocabulary
-(real words, about 100 tags), then every item is matched by the tiny random GGUF model of the test suite
-(tests/tags/tiny_gguf.py, 25 tags per request), cold cache each time:
+(real words, about 100 tags), then every item (or an evenly spaced sample of N items, with the same vocabulary) is
+matched by the tiny random GGUF model of the test suite (tests/tags/tiny_gguf.py, 25 tags per request), cold cache
+each time:
 
 inprocess  the llamacpp backend (llama-cpp-python in this process)
 server1    the openai backend against llama-cpp-python's OpenAI-compatible server, 1 request in flight
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/bench_llm_tags")
     parser.add_argument("--items-per-genre", type=int, default=60)
+    parser.add_argument("--sample", type=int, default=0, help="match only this many items (0: all)")
     parser.add_argument("--only", default="inprocess,server1,server4")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -54,18 +56,28 @@ def main() -> None:
     from temarec.tags.prompts import NAMES, load_prompt
 
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    root = write_synthetic(work / "data", n_users=100, items_per_genre=args.items_per_genre)
-    n_items = len(pd.read_parquet(root / "items.parquet"))
-    titles = pd.read_parquet(root / "items.parquet")["title"].tolist()
-    model = write_tiny_llama(work / "tiny.gguf", [load_prompt(n) for n in NAMES] + titles)
+    root = work / "data"
+    if not (root / "items.parquet").is_file():  # kept between runs: the mined vocabulary is read from the cache
+        write_synthetic(root, n_users=100, items_per_genre=args.items_per_genre)
+    items = pd.read_parquet(root / "items.parquet")
+    model = write_tiny_llama(work / "tiny.gguf", [load_prompt(n) for n in NAMES] + items["title"].tolist())
     base = TagsConfig(tags_per_domain=50, rounds=5, tags_per_request=25)
     run_tags(root, base, steps=("vocab",))  # mined: offline, real words
     n_tags = len(json.loads((root / "tags" / "vocab.json").read_text())["shared"])
+    if args.sample:
+        sample = work / "sample"
+        shutil.rmtree(sample, ignore_errors=True)
+        (sample / "tags").mkdir(parents=True)
+        items.iloc[:: max(1, len(items) // args.sample)][: args.sample].to_parquet(sample / "items.parquet")
+        for name in ("manifest.json", "tags/vocab.json", "tags/meta.json"):
+            shutil.copy(root / name, sample / name)
+        root = sample
+    n_items = len(pd.read_parquet(root / "items.parquet"))
 
     results = {"items": n_items, "tags": n_tags, "tags_per_request": 25, "load_before": os.getloadavg()}
     for name in args.only.split(","):
         cache = work / f"cache-{name}.sqlite"
+        cache.unlink(missing_ok=True)
         server = None
         if name == "inprocess":
             cfg = TagsConfig(**{**base.__dict__, "match_backend": "llamacpp", "gguf_path": str(model),
