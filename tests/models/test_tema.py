@@ -312,7 +312,7 @@ def test_similarity_is_cosine_or_dot_over_the_temperature():
 @pytest.mark.parametrize("views", ["multi", "merged"])
 def test_score_domain_sums_the_heads_in_row_chunks_as_fuse_heads_does_at_once(views, monkeypatch):
     model = make_model(views=views)
-    monkeypatch.setattr(tema, "SCORE_ROWS", 3)  # HISTORY's 4 rows: chunks of 3 and 1
+    monkeypatch.setattr(tema.model, "SCORE_ROWS", 3)  # HISTORY's 4 rows: chunks of 3 and 1
     with torch.no_grad():
         for domain in (0, 1):
             want = model.fuse_heads(model.head_log_probs(HISTORY, domain), domain)
@@ -369,10 +369,10 @@ def test_missing_image_features_drop_the_image_modality(tmp_path):
     features_dir(tmp_path).mkdir(parents=True)
     (features_dir(tmp_path) / "meta.json").write_text(json.dumps(
         {"format_version": FEATURES_FORMAT_VERSION, "modalities": {"txt": {"encoder": "fake", "dim": 6}}}))
-    from temarec.models.tema import _usable_modalities
+    from temarec.models.tema import usable_modalities
 
     dataset = Dataset(root=tmp_path, manifest={}, items=pd.DataFrame({"item": []}))
-    assert _usable_modalities(dataset, ("id", "img", "txt")) == ("id", "txt")
+    assert usable_modalities(dataset, ("id", "img", "txt")) == ("id", "txt")
 
 
 def test_encoding_in_length_groups_changes_nothing(monkeypatch, overfit):
@@ -382,7 +382,7 @@ def test_encoding_in_length_groups_changes_nothing(monkeypatch, overfit):
     seqs = torch.cat([overfit.seqs, torch.tensor([[0, 0, 0, 0, 3, 9, 2], [0, 0, 0, 0, 0, 1, 8]])])
     with torch.no_grad():
         whole = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
-        monkeypatch.setattr(tema, "GROUP_ROWS", 2)
+        monkeypatch.setattr(tema.encoders, "GROUP_ROWS", 2)
         grouped = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
     for a, b in zip(whole, grouped):
         torch.testing.assert_close(a, b)

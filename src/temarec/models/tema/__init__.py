@@ -1,0 +1,21 @@
+"""TEMA-LLM (Sec. III-E/F): tag-enriched multimodal items, one causal encoder per (view, modality), fused predictions.
+
+Read top to bottom, as the paper goes:
+
+    items.py      item representation: e_id, e_img, e_tex, e_tag and the fused e_item (eqs. 3-9)
+    encoders.py   the three views of a history and the V*M causal encoders, batched (Sec. III-F, eqs. 10-11)
+    heads.py      similarity heads, modality and view weights, the chunked log-normaliser (eqs. 12-16)
+    model.py      TEMA itself: settings (model.tema.*), training loss (eqs. 14-15), scores (eqs. 16-17)
+    explain.py    why an item was recommended (shared tags, modality shares) and what reports say about a run
+
+The readings of the paper these files commit to (what F_m and E_m are, which view is X, how training sees the
+views causally, the temperature, cold items) are argued in docs/DESIGN.md, section "TEMA model".
+"""
+
+from temarec.models.tema.encoders import StackedEncoders, view_gather
+from temarec.models.tema.heads import ChunkedLogSumExp, modality_weights, view_weights
+from temarec.models.tema.items import CONTENT, MODALITIES, ItemEmbeddings, usable_modalities
+from temarec.models.tema.model import TEMA, TemaSettings
+
+__all__ = ["TEMA", "TemaSettings", "ItemEmbeddings", "StackedEncoders", "ChunkedLogSumExp", "modality_weights",
+           "view_weights", "view_gather", "usable_modalities", "MODALITIES", "CONTENT"]
