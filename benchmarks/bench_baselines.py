@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from temarec.bench import format_table, summarise
+from temarec.grid import format_table, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

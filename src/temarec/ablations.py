@@ -1,6 +1,6 @@
 """``temarec bench --ablations``: TEMA's ablations (paper Tables IV-VI) and its lambda grid, on one dataset folder.
 
-Every variant is a TEMA config override trained by :func:`temarec.bench.run_grid`, on the same split and the
+Every variant is a TEMA config override trained by :func:`temarec.grid.run_grid`, on the same split and the
 same stored negatives as everything else. An ablation folder holds::
 
     grid/                   the main grid (bench.json, runs/, results.md): every variant but one
@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from temarec.bench import Variant, run_grid, summarise
+from temarec.grid import Variant, run_grid, summarise
 from temarec.config import Config
 from temarec.fileio import write_json_atomic, write_text_atomic
 

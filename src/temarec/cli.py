@@ -74,7 +74,7 @@ def cmd_negatives(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from temarec.bench import model_variants, run_grid, seed_list, summarise
+    from temarec.grid import model_variants, run_grid, seed_list, summarise
 
     out = Path(args.out)
     if args.summarise:
@@ -98,25 +98,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from temarec.data.dataset import Dataset
-    from temarec.data.prepare import prepare
+    from temarec.data.prepare import importers, prepare
 
-    def need(value: str | None, flag: str) -> str:
-        if not value:
-            raise ValueError(f"--format {args.format} needs {flag}")
-        return value
-
-    if args.titles and args.format not in ("c2dsr", "abxi"):
-        raise ValueError("--titles applies to --format c2dsr and abxi; give titles in --items or --meta instead")
-    if args.format in ("c2dsr", "abxi"):
-        kwargs = {"input_dir": need(args.input, "--input DIR"), "titles": args.titles}
-    elif args.format == "interactions":
-        kwargs = {"interactions": need(args.interactions, "--interactions FILE"), "items": args.items}
-    else:
-        kwargs = {"reviews": need(args.reviews, "--reviews A,B"), "meta": args.meta}
+    known = importers()
+    importer = known[args.format]
+    kwargs = {}
+    for flag in importer.flags:
+        value = getattr(args, _flag_dest(flag.flag))
+        if flag.required and not value:
+            raise ValueError(f"--format {args.format} needs {flag.flag} {flag.metavar or ''}".rstrip())
+        kwargs[flag.param] = value
+    own = {f.flag for f in importer.flags}
+    for other in {f.flag for imp in known.values() for f in imp.flags} - own:
+        if getattr(args, _flag_dest(other)):
+            raise ValueError(f"{other} does not apply to --format {args.format}; its flags: {', '.join(sorted(own))}")
     path = prepare(args.format, args.out, _config(args).data, domains=args.domains, overwrite=args.overwrite,
                    **kwargs)
     print(Dataset.load(path).describe())
     return 0
+
+
+def _flag_dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _add_importer_flags(p: argparse.ArgumentParser) -> None:
+    """--format's choices and every importer's own flags (a flag several importers share is added once)."""
+    from temarec.data.prepare import importers
+
+    known = importers()
+    p.add_argument("--format", required=True, choices=list(known))
+    flags = {f.flag: f for imp in known.values() for f in imp.flags}
+    for name, flag in flags.items():
+        formats = [fmt for fmt, imp in known.items() if any(f.flag == name for f in imp.flags)]
+        p.add_argument(name, dest=_flag_dest(name), metavar=flag.metavar, help=f"{flag.help} ({', '.join(formats)})")
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -127,7 +142,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from temarec.data.export import export
+    from temarec.data.recbole import export
 
     print(export(args.dataset, args.format, args.out, overwrite=args.overwrite))
     return 0
@@ -135,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_tags(args: argparse.Namespace) -> int:
     from temarec.tags import run_tags
-    from temarec.tags.prompts import show_prompts
+    from temarec.tags.templates import show_prompts
 
     if args.show_prompts:
         print(show_prompts(), end="")
@@ -236,7 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from temarec.serve.export import export_onnx
+    from temarec.serve.onnx import export_onnx
 
     print(export_onnx(args.run, args.out, overwrite=args.overwrite))
     return 0
@@ -255,14 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare", help="import raw data into a dataset folder (items, splits, negatives)")
-    p.add_argument("--format", required=True, choices=["c2dsr", "abxi", "interactions", "amazon"])
     p.add_argument("--domains", required=True, help="the two domain names, first domain first, e.g. Food,Kitchen")
-    p.add_argument("--input", help="raw folder (c2dsr, abxi)")
-    p.add_argument("--titles", help="TSV with header 'asin  domain  title' (c2dsr, abxi)")
-    p.add_argument("--interactions", help="CSV/TSV/Parquet/JSONL with user, item, timestamp, domain (interactions)")
-    p.add_argument("--items", help="items file: item [, domain, title, description, image] (interactions)")
-    p.add_argument("--reviews", help="two review files A,B (JSON lines, .gz allowed) (amazon)")
-    p.add_argument("--meta", help="two metadata files A,B (JSON lines, .gz allowed) (amazon)")
+    _add_importer_flags(p)
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_config_args(p)

@@ -41,7 +41,7 @@ def quickstart_config(config_path: str | Path | None = None, overrides: list[str
 def run_quickstart(out: str | Path, cfg: Config | None = None, models: tuple[str, ...] = QUICK_MODELS,
                    seeds: tuple[int, ...] = (0,)) -> Path:
     """Runs every stage into ``out`` with ``cfg`` (default: ``quickstart_config()``); returns results.md."""
-    from temarec.bench import run_grid
+    from temarec.grid import run_grid
     from temarec.data.synthetic import write_synthetic
     from temarec.features import run_features
     from temarec.tags import run_tags

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from temarec.data.abxi import import_abxi
+from temarec.data.importers.abxi import import_abxi
 from temarec.data.dataset import DataError, Dataset
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from temarec.config import DataConfig
-from temarec.data.amazon import import_amazon
+from temarec.data.importers.amazon import import_amazon
 from temarec.data.dataset import DataError, Dataset
 
 CFG = DataConfig(min_user_interactions=4, min_user_per_domain=2, num_negatives=3)

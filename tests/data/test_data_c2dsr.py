@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from temarec.data.c2dsr import import_c2dsr
+from temarec.data.importers.c2dsr import import_c2dsr
 from temarec.data.dataset import DataError, Dataset
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, Dataset
-from temarec.data.interactions import Interactions, filter_mask, import_interactions
+from temarec.data.importers.interactions import Interactions, filter_mask, import_interactions
 
 CFG = DataConfig(min_user_interactions=4, min_user_per_domain=2, min_item_count=1, num_negatives=3)
 

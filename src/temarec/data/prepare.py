@@ -1,8 +1,10 @@
-"""``temarec prepare``: one entry point over the four importers, and the small readers they share.
+"""``temarec prepare``: one entry point over the importers, their registry, and the small readers they share.
 
-Every importer reads its raw files, builds the items table and the three splits, and hands them to
-:func:`temarec.data.dataset.write_dataset`, which writes the dataset folder atomically. Nothing else is
-written to ``out``: a bad input raises :class:`DataError` (file, line, problem) before the folder exists.
+Every importer (a module of ``temarec.data.importers``) reads its raw files, builds the items table and the three
+splits, and hands them to :func:`temarec.data.dataset.write_dataset`, which writes the dataset folder atomically.
+Nothing else is written to ``out``: a bad input raises :class:`DataError` (file, line, problem) before the folder
+exists. An importer registers itself with ``register_importer``, naming its format and its own CLI flags; the
+first lookup imports every module of ``temarec.data.importers``, so adding a format touches no other file.
 
 The manifest's ``source`` records what was read: ``{"format": ..., "files": {name: {"path", "sha256"}}}``.
 """
@@ -13,6 +15,8 @@ import gzip
 import importlib
 import io
 import logging
+import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Sequence
 
@@ -22,13 +26,44 @@ from temarec.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 
-# format -> (module, function); imported on use because the importers import this module's helpers
-IMPORTERS = {
-    "c2dsr": ("temarec.data.c2dsr", "import_c2dsr"),
-    "abxi": ("temarec.data.abxi", "import_abxi"),
-    "interactions": ("temarec.data.interactions", "import_interactions"),
-    "amazon": ("temarec.data.amazon", "import_amazon"),
-}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A CLI flag of ``temarec prepare`` that an importer reads: ``--input DIR`` -> ``input_dir=...``."""
+
+    flag: str  # "--input"
+    param: str  # the import function's argument it fills
+    help: str
+    required: bool = False
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class Importer:
+    format: str
+    function: Callable[..., Path]  # function(out=, cfg=, domains=, overwrite=, **its flags' params)
+    flags: tuple[Flag, ...]
+
+
+_IMPORTERS: dict[str, Importer] = {}
+_discovered = False
+
+
+def register_importer(fmt: str, function: Callable[..., Path], *flags: Flag) -> None:
+    """Called by each module of ``temarec.data.importers`` for its format."""
+    _IMPORTERS[fmt] = Importer(fmt, function, tuple(flags))
+
+
+def importers() -> dict[str, Importer]:
+    """Every registered importer by format (imports the modules of ``temarec.data.importers`` on first use)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        package = importlib.import_module("temarec.data.importers")
+        for info in pkgutil.iter_modules(package.__path__, prefix="temarec.data.importers."):
+            importlib.import_module(info.name)
+    return dict(_IMPORTERS)
 
 
 def prepare(fmt: str, out: str | Path, cfg: DataConfig | None = None, **kwargs: Any) -> Path:
@@ -37,12 +72,11 @@ def prepare(fmt: str, out: str | Path, cfg: DataConfig | None = None, **kwargs: 
     ``kwargs`` are the importer's own arguments (see each ``import_*`` function), e.g.
     ``prepare("c2dsr", "data/fk", input_dir="raw/", domains=("Food", "Kitchen"))``.
     """
-    if fmt not in IMPORTERS:
-        raise ValueError(f"unknown --format {fmt!r}; expected one of {', '.join(IMPORTERS)}")
-    module, name = IMPORTERS[fmt]
-    importer = getattr(importlib.import_module(module), name)
+    known = importers()
+    if fmt not in known:
+        raise ValueError(f"unknown --format {fmt!r}; expected one of {', '.join(known)}")
     logger.info("preparing %s data into %s", fmt, out)
-    path = importer(out=out, cfg=cfg or DataConfig(), **kwargs)
+    path = known[fmt].function(out=out, cfg=cfg or DataConfig(), **kwargs)
     logger.info("wrote dataset folder %s", path)
     return path
 

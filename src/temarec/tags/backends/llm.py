@@ -28,7 +28,7 @@ import numpy as np
 
 from temarec.tags.backends.base import CallStats, Item, MatchResult, Progress, TagsError
 from temarec.cache import Cache, cache_key
-from temarec.tags.prompts import load_prompt, match_prompt, prompt_hash, vocab_prompt
+from temarec.tags.templates import load_prompt, match_prompt, prompt_hash, vocab_prompt
 from temarec.tags.text import normalize_tag, text_hash
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Benchmarks: a grid of (variant, seed) training runs, their mean ± std, the paper-style tables and plots.
+"""``temarec bench``: a grid of (variant, seed) training runs, their mean ± std, the paper-style tables and plots.
 
 A bench folder holds::
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from temarec import bench
+from temarec import grid as bench
 from temarec.cli import main
 from temarec.config import Config
 from temarec.data.synthetic import write_synthetic

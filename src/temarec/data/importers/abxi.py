@@ -24,8 +24,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, leave_one_out, write_dataset
-from temarec.data.prepare import (check_out, check_timestamp, input_folder, iter_lines, open_text, parse_domains,
-                                  source_manifest, title_lookup)
+from temarec.data.prepare import (Flag, check_out, check_timestamp, input_folder, iter_lines, open_text,
+                                  parse_domains, register_importer, source_manifest, title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -179,3 +179,8 @@ def _read_timelines(path: Path, user_names: dict[str, str], old_to_new: IdMap,
     if not users:
         raise DataError("no interactions", path)
     return pd.DataFrame({"user": users, "items": items, "ts": stamps})
+
+
+register_importer("abxi", import_abxi,
+                  Flag("--input", "input_dir", "raw folder of ABXI's files", required=True, metavar="DIR"),
+                  Flag("--titles", "titles", "TSV with header 'asin  domain  title'"))

@@ -12,7 +12,7 @@ JSON: convert them to JSON lines first.
 
 Streaming: a review file is read line by line and only compact (user, item, time) integer arrays are kept;
 metadata are read afterwards, for the items that survive the filter only. The filter and split are the
-generic importer's (:mod:`temarec.data.interactions`). Items are keyed by ``asin`` (2014/2018) or
+generic importer's (:mod:`temarec.data.importers.interactions`). Items are keyed by ``asin`` (2014/2018) or
 ``parent_asin`` (2023). An item listed in both categories has no single domain and is dropped (logged).
 Ties in time keep file order; timestamps are stored as unix seconds.
 """
@@ -29,8 +29,9 @@ import numpy as np
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError
-from temarec.data.interactions import Interactions, Meta, filter_split_write
-from temarec.data.prepare import check_out, check_timestamp, iter_lines, parse_domains, source_manifest
+from temarec.data.importers.interactions import Interactions, Meta, filter_split_write
+from temarec.data.prepare import (Flag, check_out, check_timestamp, iter_lines, parse_domains, register_importer,
+                                  source_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +163,9 @@ def _image(rec: dict) -> str | None:
         if isinstance(first, str):
             return first or None
     return None
+
+
+register_importer("amazon", import_amazon,
+                  Flag("--reviews", "reviews", "two review files A,B (JSON lines, .gz allowed)", required=True,
+                       metavar="A,B"),
+                  Flag("--meta", "meta", "two metadata files A,B (JSON lines, .gz allowed)"))

@@ -37,8 +37,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import ITEM_COLUMNS, DataError, leave_one_out, write_dataset
-from temarec.data.prepare import (MAX_TIMESTAMP_S, check_out, iter_lines, nul_byte_line, parse_domains,
-                                  source_manifest)
+from temarec.data.prepare import (MAX_TIMESTAMP_S, Flag, check_out, iter_lines, nul_byte_line, parse_domains,
+                                  register_importer, source_manifest)
 
 logger = logging.getLogger(__name__)
 
@@ -321,3 +321,9 @@ def _items_meta(frame: pd.DataFrame, path: Path, keep: set[str], log: Interactio
         out[item] = (titles[row], descriptions[row], images[row])
     logger.info("items file describes %d of %d surviving items", len(out), len(keep))
     return out
+
+
+register_importer("interactions", import_interactions,
+                  Flag("--interactions", "interactions",
+                       "CSV/TSV/Parquet/JSONL with user, item, timestamp, domain", required=True, metavar="FILE"),
+                  Flag("--items", "items", "items file: item [, domain, title, description, image]"))

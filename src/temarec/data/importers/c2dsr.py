@@ -28,8 +28,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, eval_frame, train_frame, write_dataset
-from temarec.data.prepare import (check_out, check_timestamp, find_file, input_folder, iter_lines, parse_domains,
-                                  source_manifest, title_lookup)
+from temarec.data.prepare import (Flag, check_out, check_timestamp, find_file, input_folder, iter_lines,
+                                  parse_domains, register_importer, source_manifest, title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -182,3 +182,8 @@ def _read_line(where: tuple[Path, int], line: str, users: dict[str, str], n_item
 def _eval_frame(lines: list[Line], n_first: int) -> pd.DataFrame:
     """Last item of each (time-sorted) line = target; everything before it = history."""
     return eval_frame([(u, seq[:-1], ts[:-1], seq[-1], ts[-1], int(seq[-1] >= n_first)) for u, seq, ts in lines])
+
+
+register_importer("c2dsr", import_c2dsr,
+                  Flag("--input", "input_dir", "raw folder of C2DSR's files", required=True, metavar="DIR"),
+                  Flag("--titles", "titles", "TSV with header 'asin  domain  title'"))

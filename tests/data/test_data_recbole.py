@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from temarec.cli import main
-from temarec.data.abxi import import_abxi
-from temarec.data.c2dsr import import_c2dsr
+from temarec.data.importers.abxi import import_abxi
+from temarec.data.importers.c2dsr import import_c2dsr
 from temarec.data.dataset import DataError, Dataset
-from temarec.data.export import export
+from temarec.data.recbole import export
 
 
 def _recbole_leave_one_out(inter: pd.DataFrame, seed: int) -> dict[str, tuple[list[str], str, str]]:

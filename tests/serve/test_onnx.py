@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from temarec.cli import main
-from temarec.serve.export import ExportError, OnnxRecommender, export_onnx
+from temarec.serve.onnx import ExportError, OnnxRecommender, export_onnx
 
 pytest.importorskip("onnxruntime")
 
