@@ -24,7 +24,7 @@ def test_prepare_dispatches_and_records_the_source(c2dsr_dir: Path, tmp_path: Pa
 
 
 def test_unknown_format_and_bad_domains(c2dsr_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="expected one of c2dsr, abxi, interactions, amazon"):
+    with pytest.raises(ValueError, match="expected one of abxi, amazon, c2dsr, interactions"):
         prepare("movielens", tmp_path / "out", input_dir=c2dsr_dir, domains="Food,Kitchen")
     with pytest.raises(DataError, match="two distinct names"):
         prepare("c2dsr", tmp_path / "out", input_dir=c2dsr_dir, domains="Food,Food")

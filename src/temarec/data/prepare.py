@@ -56,14 +56,14 @@ def register_importer(fmt: str, function: Callable[..., Path], *flags: Flag) -> 
 
 
 def importers() -> dict[str, Importer]:
-    """Every registered importer by format (imports the modules of ``temarec.data.importers`` on first use)."""
+    """Every registered importer by format, sorted (imports the modules of ``temarec.data.importers`` on first use)."""
     global _discovered
     if not _discovered:
         _discovered = True
         package = importlib.import_module("temarec.data.importers")
         for info in pkgutil.iter_modules(package.__path__, prefix="temarec.data.importers."):
             importlib.import_module(info.name)
-    return dict(_IMPORTERS)
+    return dict(sorted(_IMPORTERS.items()))
 
 
 def prepare(fmt: str, out: str | Path, cfg: DataConfig | None = None, **kwargs: Any) -> Path:
