@@ -53,7 +53,7 @@ def main() -> None:
     from temarec.config import TagsConfig
     from temarec.data.synthetic import write_synthetic
     from temarec.tags import run_tags
-    from temarec.tags.prompts import NAMES, load_prompt
+    from temarec.tags.templates import NAMES, load_prompt
 
     work = Path(args.work)
     root = work / "data"

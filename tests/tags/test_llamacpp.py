@@ -29,7 +29,7 @@ from temarec.data.synthetic import write_synthetic  # noqa: E402
 from temarec.tags import load_scores, read_vocabulary, run_tags, tag_source  # noqa: E402
 from temarec.tags.backends.llm import (MAX_TAG_CHARS, match_schema, parse_vocab, vocab_max_tokens,  # noqa: E402
                                        vocab_schema)
-from temarec.tags.prompts import NAMES, load_prompt, match_prompt, vocab_prompt  # noqa: E402
+from temarec.tags.templates import NAMES, load_prompt, match_prompt, vocab_prompt  # noqa: E402
 
 N_ITEMS, N_TAGS, ROUNDS, PER_REQUEST = 16, 2, 3, 3  # 2 x 2 tags -> up to 4 shared tags: 2 requests per item
 VOCAB_REQUESTS = 2 * ROUNDS
