@@ -178,7 +178,7 @@ def test_serve_with_two_workers_answers_from_two_processes(trained_run):
                                                                                    "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
+        wait_healthy(url, proc, timeout_s=300.0)  # two processes load the run: slow on a busy machine
         with httpx.Client(base_url=url, timeout=30.0) as c:
             answers = [c.post("/recommend", json=REQUESTS[0]) for _ in range(6)]
         workers = [p for p in _children(proc.pid) if "temarec" in Path(f"/proc/{p}/cmdline").read_text()
