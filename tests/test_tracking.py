@@ -8,7 +8,8 @@ import pytest
 
 from temarec.config import Config
 from temarec.data.synthetic import write_synthetic
-from temarec.tracking import flatten, local_store, scalars
+from temarec.config import flatten
+from temarec.tracking import local_store, scalars
 from temarec.runs import train_run
 
 TINY = {"train.epochs": "2", "model.dim": "16", "data.max_len": "10", "train.threads": "1",

@@ -241,7 +241,7 @@ class Config:
         """{"section.key": (old value, this config's value)} for every setting that differs from ``old``, a
         config.json as written into a run folder (JSON values: tuples compare as lists); a model's own settings
         are compared key by key ("model.tema.alpha")."""
-        new, old = _flat(json.loads(self.to_json())), _flat(old)
+        new, old = flatten(json.loads(self.to_json())), flatten(old)
         return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
 
     @classmethod
@@ -387,12 +387,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.replace(**parse_overrides(overrides)) if overrides else cfg
 
 
-def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"model": {"dim": 64, "tema": {"alpha": [...]}}} -> {"model.dim": 64, "model.tema.alpha": [...]}."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

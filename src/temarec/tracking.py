@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from temarec.config import flatten
 from temarec.extras import require
 
 TRACKERS = ("none", "tensorboard", "mlflow")
@@ -81,17 +82,6 @@ class MLflowTracker(Tracker):
 def local_store(run_dir: Path) -> str:
     """The default MLflow store of a run: a SQLite file in the run folder (MLflow 3 refuses plain file stores)."""
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 0.001}} -> {"train.lr": 0.001}."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def open_tracker(kind: str, run_dir: str | Path, config: dict[str, Any], uri: str = "") -> Tracker:

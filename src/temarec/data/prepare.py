@@ -95,6 +95,16 @@ def check_timestamp(value: int, path: str | Path, line: int | None, unit: str = 
     return value
 
 
+def start_folder_import(input_dir: str | Path, domains: str | Sequence[str], out: str | Path, overwrite: bool,
+                        cfg: DataConfig | None) -> tuple[DataConfig, Path, tuple[str, str]]:
+    """The checks an importer of a raw folder (C2DSR, ABXI) starts with, in this order: the folder, the domain
+    names, the output folder; returns (config, folder, domains)."""
+    folder = input_folder(input_dir)
+    names = parse_domains(domains)
+    check_out(out, overwrite)
+    return cfg or DataConfig(), folder, names
+
+
 def parse_domains(domains: str | Sequence[str]) -> tuple[str, str]:
     """``"Food,Kitchen"`` or ``("Food", "Kitchen")`` -> two distinct, non-empty names."""
     names = [d.strip() for d in domains.split(",")] if isinstance(domains, str) else [str(d).strip() for d in domains]
@@ -103,14 +113,18 @@ def parse_domains(domains: str | Sequence[str]) -> tuple[str, str]:
     return names[0], names[1]
 
 
-def open_text(path: str | Path) -> IO[str]:
-    """Open a text file for reading, transparently gunzipping (detected by magic bytes, not the name)."""
-    path = Path(path)
+def _is_gzip(path: Path) -> bool:
+    """Whether an existing file is gzip-compressed (by its magic bytes, not its name); DataError if missing."""
     if not path.is_file():
         raise DataError("file not found", path)
     with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    if gz:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a text file for reading, transparently gunzipping (detected by magic bytes, not the name)."""
+    path = Path(path)
+    if _is_gzip(path):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
 
@@ -118,11 +132,7 @@ def open_text(path: str | Path) -> IO[str]:
 def open_binary(path: str | Path) -> IO[bytes]:
     """Open a file's bytes, transparently gunzipping (detected by magic bytes, not the name)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path)
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")  # type: ignore[return-value]
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")  # type: ignore[return-value]
 
 
 def nul_byte_line(path: str | Path, chunk: int = 1 << 22) -> int | None:

@@ -24,8 +24,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, leave_one_out, write_dataset
-from temarec.data.prepare import (Flag, check_out, check_timestamp, input_folder, iter_lines, open_text,
-                                  parse_domains, register_importer, source_manifest, title_lookup)
+from temarec.data.prepare import (Flag, check_timestamp, iter_lines, open_text, register_importer, source_manifest,
+                                  start_folder_import, title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ def import_abxi(input_dir: str | Path, domains: str | Sequence[str], out: str | 
                 titles: str | Path | None = None, *, cfg: DataConfig | None = None,
                 overwrite: bool = False) -> Path:
     """Read an ABXI folder and write the dataset folder ``out``; returns its path."""
-    cfg = cfg or DataConfig()
-    folder = input_folder(input_dir)
-    names = parse_domains(domains)
-    check_out(out, overwrite)
+    cfg, folder, names = start_folder_import(input_dir, domains, out, overwrite, cfg)
     files = find_files(folder)
 
     asins, old_to_new, n_first = _read_item_map(files["item_map"], names)

@@ -28,8 +28,8 @@ import pandas as pd
 
 from temarec.config import DataConfig
 from temarec.data.dataset import DataError, eval_frame, train_frame, write_dataset
-from temarec.data.prepare import (Flag, check_out, check_timestamp, find_file, input_folder, iter_lines,
-                                  parse_domains, register_importer, source_manifest, title_lookup)
+from temarec.data.prepare import (Flag, check_timestamp, find_file, iter_lines, register_importer, source_manifest,
+                                  start_folder_import, title_lookup)
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ def import_c2dsr(input_dir: str | Path, domains: str | Sequence[str], out: str |
                  titles: str | Path | None = None, *, cfg: DataConfig | None = None,
                  overwrite: bool = False) -> Path:
     """Read a C2DSR folder and write the dataset folder ``out``; returns its path."""
-    cfg = cfg or DataConfig()
-    folder = input_folder(input_dir)
-    names = parse_domains(domains)
-    check_out(out, overwrite)
+    cfg, folder, names = start_folder_import(input_dir, domains, out, overwrite, cfg)
     hint = _format_hint(folder)
     files = {
         "items_a": find_file(folder, ITEM_FILES[0], f"{names[0]} items", hint),
