@@ -271,6 +271,22 @@ def test_explain_returns_tags_shared_with_the_history_and_modality_shares():
         assert out[0]["tags"][0]["tag"] == ["spicy", "baking", "tea"][int(top)]
 
 
+def test_explain_reusing_the_scoring_pass_gives_the_modality_shares_of_the_heads():
+    model = make_model()
+    model.eval()
+    local = [[0, 2], [1, 3], [3]]
+    with torch.no_grad():
+        scores, parts = model.score_parts(HISTORY[:3], 1)
+        torch.testing.assert_close(scores, model.score_domain(HISTORY[:3], 1))
+        reused = model.explain(HISTORY[:3], 1, local, parts=parts)
+        probs = model.modality_probs(HISTORY[:3], 1)  # (M, B, N) from every head's full log-softmax
+    for row, ids in enumerate(local):
+        expected = probs[:, row, ids] / probs[:, row, ids].sum(0)  # (M, K)
+        for k, why in enumerate(reused[row]):
+            for i, m in enumerate(model.modalities):
+                assert why["modality_share"][m] == pytest.approx(float(expected[i, k]), abs=1e-5)
+
+
 def test_explaining_rows_together_gives_each_rows_own_explanations():
     model = make_model()
     local = [[0, 2], [1], [3, 0, 1]]  # a different number of items per row

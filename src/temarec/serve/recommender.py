@@ -249,7 +249,8 @@ class Recommender:
         for d in (0, 1):
             rows = [q for q, r in enumerate(resolved) if r is not None and r[0] == d and r[1]]
             if rows:
-                ranked = self._rank(d, [resolved[q][1] for q in rows], [queries[q] for q in rows])  # type: ignore[index]
+                histories = [resolved[q][1] for q in rows]  # type: ignore[index]
+                ranked = self._rank(d, histories, [queries[q] for q in rows])
                 for q, rec in zip(rows, ranked):
                     out[q] = rec
         for q, r in enumerate(resolved):
@@ -313,7 +314,13 @@ class Recommender:
     def _rank(self, d: int, histories: list[list[int]], queries: list[Query]) -> list[Recommendations]:
         """One forward pass for the histories of domain ``d``; each row keeps its own k and flags."""
         hist = self._history_tensor(histories)  # (B, L)
-        scores = self._fact(hist, d) if self._fact else self.model.score_domain(hist, d)  # (B, N)
+        parts = None  # what the model's explain can reuse from scoring (TEMA: states and head normalisers)
+        if self._fact:
+            scores = self._fact(hist, d)  # (B, N)
+        elif self._explains and hasattr(self.model, "score_parts") and any(q.explain for q in queries):
+            scores, parts = self.model.score_parts(hist, d)
+        else:
+            scores = self.model.score_domain(hist, d)
         lo, n = self._offsets[d], self._sizes[d]
         if any(q.exclude_seen for q in queries):
             # a model's scores may be a view of its own buffers (pop expands one row): mask a copy
@@ -331,7 +338,8 @@ class Recommender:
             items_.append([self._entry(lo + j, s, d) for j, s in zip(local, top_scores[row, :q.k][keep].tolist())])
         explained = [row for row, q in enumerate(queries) if q.explain and self._explains and items_[row]]
         if explained:
-            whys = self.model.explain(hist[explained], d, [locals_[row] for row in explained])
+            reuse = {} if parts is None else {"parts": parts.rows(explained)}
+            whys = self.model.explain(hist[explained], d, [locals_[row] for row in explained], **reuse)
             for row, why in zip(explained, whys):
                 for item, w in zip(items_[row], why):
                     item["explanation"] = w

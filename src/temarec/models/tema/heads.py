@@ -11,6 +11,7 @@ feature's size, P scored positions, S sampled negatives, U distinct items of a b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,17 @@ from temarec.models.tema.items import MODALITIES
 MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
 LOGIT_CHUNK = 1 << 19  # logits held at once by a head's normaliser (2 MB in float32: stays in cache)
 MIN_CHUNK_ROWS = 64  # ... but never fewer rows per matmul than this
+
+
+@dataclass(frozen=True)
+class HeadParts:
+    """What scoring a domain computed that explaining its top items reuses (``TEMA.score_parts``)."""
+
+    states: torch.Tensor  # (V, M, B, D) final states, scaled as the query side of eqs. (12)-(13)
+    log_norm: torch.Tensor  # (V, M, B) each head's log-normaliser over the domain's items (0 for heads left out)
+
+    def rows(self, index: list[int]) -> "HeadParts":
+        return HeadParts(self.states[:, :, index], self.log_norm[:, :, index])
 
 
 def modality_weights(alpha: tuple[float, float, float], modalities: tuple[str, ...]) -> dict[str, float]:

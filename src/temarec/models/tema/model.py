@@ -21,7 +21,7 @@ from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.tema.encoders import StackedEncoders, first_used_column, length_groups, view_gather
 from temarec.models.tema.explain import describe_sources, explain
-from temarec.models.tema.heads import MIN_TEMPERATURE, log_normaliser, modality_weights, view_weights
+from temarec.models.tema.heads import MIN_TEMPERATURE, HeadParts, log_normaliser, modality_weights, view_weights
 from temarec.models.tema.items import CONTENT, MODALITIES, ItemEmbeddings, usable_modalities
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,18 @@ class TEMA(SequentialModel):
             self._item_cache[domain] = matrix
         return matrix
 
+    def domain_candidates(self, domain: int) -> torch.Tensor:
+        """(M, N, D) ``candidates(domain_items(domain))``, the item side of eqs. (12)-(13); cached like it (the
+        normalisation of every row costs more than scoring one history against them)."""
+        frozen = not self.training and not torch.is_grad_enabled()
+        key = -1 - domain  # beside domain_items' entries in the same cache, cleared with them
+        if frozen and key in self._item_cache:
+            return self._item_cache[key]
+        cand = self.candidates(self.domain_items(domain))
+        if frozen:
+            self._item_cache[key] = cand
+        return cand
+
     def train(self, mode: bool = True) -> "TEMA":
         self._item_cache.clear()
         return super().train(mode)
@@ -281,20 +293,27 @@ class TEMA(SequentialModel):
         summed one at a time over SCORE_ROWS histories at once: the same sum as ``fuse_heads(head_log_probs)``
         without its (V, M, B, N) tensors, which set the peak RSS and made C2DSR's validation slower than an epoch.
         """
+        return self.score_parts(history, domain)[0]
+
+    def score_parts(self, history: torch.Tensor, domain: int) -> tuple[torch.Tensor, HeadParts]:
+        """``score_domain``'s scores (B, N) and the parts of them that ``explain`` reuses (no second pass)."""
         h = self.scaled(self.final_states(history))  # (V, M, B, D)
-        cand = self.candidates(self.domain_items(domain))  # (M, N, D)
+        cand = self.domain_candidates(domain)  # (M, N, D)
         log_w = self.log_head_weights(domain)  # (V, M)
         heads = [(v, m) for v in range(log_w.shape[0]) for m in range(log_w.shape[1]) if log_w[v, m] > -math.inf]
         tie = self.domain_tie_break(domain)  # (N,)
+        log_norm = h.new_zeros(h.shape[:3])  # (V, M, B) log sum_c exp(Sim / tau); 0 for heads left out
         rows = []
         for s in range(0, h.shape[2], SCORE_ROWS):
             total = None
             for v, m in heads:
                 z = h[v, m, s:s + SCORE_ROWS] @ cand[m].T  # (r, N) Sim / tau, eq. (12)
-                z = z - (z.logsumexp(-1, keepdim=True) - log_w[v, m])  # log(w_V alpha_m P_m^V), eqs. (13), (16)
+                lse = z.logsumexp(-1)  # (r,)
+                log_norm[v, m, s:s + SCORE_ROWS] = lse
+                z = z - (lse[:, None] - log_w[v, m])  # log(w_V alpha_m P_m^V), eqs. (13), (16)
                 total = z if total is None else torch.logaddexp(total, z)
             rows.append(total + tie)  # type: ignore[operator]
-        return torch.cat(rows)
+        return torch.cat(rows), HeadParts(h, log_norm)
 
     def log_head_weights(self, domain: int, views: list[int] | None = None, modalities: list[int] | None = None,
                          weights: list[float] | None = None) -> torch.Tensor:
@@ -339,10 +358,10 @@ class TEMA(SequentialModel):
         return torch.stack([self.logits(h[v:v + 1], cand)[0].log_softmax(-1) for v in range(self.n_views)])
 
     @torch.no_grad()
-    def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[list[int]],
-                top_tags: int = 5) -> list[list[dict[str, Any]]]:
+    def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[list[int]], top_tags: int = 5,
+                parts: HeadParts | None = None) -> list[list[dict[str, Any]]]:
         """Why each item was recommended after each history: see :func:`temarec.models.tema.explain.explain`."""
-        return explain(self, history, domain, local_item_ids, top_tags)
+        return explain(self, history, domain, local_item_ids, top_tags, parts)
 
     # ---- what the model reads from the dataset folder ------------------------------------------------------
     @classmethod
