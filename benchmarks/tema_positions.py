@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from temarec.data.dataset import Dataset
-from temarec.models.tema import _first_used_column, _length_groups
+from temarec.models.tema.encoders import first_used_column, length_groups
 from temarec.train import train_sequences
 
 
@@ -35,9 +35,9 @@ def main() -> None:
     for s in range(0, len(seqs), args.batch_size):
         batch = seqs[order[s:s + args.batch_size]]
         sasrec += batch[:, :-1].numel()
-        for rows in _length_groups(batch):
+        for rows in length_groups(batch):
             group = batch[rows]
-            inputs = group[:, max(0, _first_used_column(group) - 1):][:, :-1]  # as TEMA.training_loss
+            inputs = group[:, max(0, first_used_column(group) - 1):][:, :-1]  # as TEMA.training_loss
             B, L = inputs.shape
             real, second = inputs > 0, inputs > n_first
             stacked, attn_stacked = stacked + 3 * B * L, attn_stacked + 3 * B * L * L
