@@ -185,8 +185,14 @@ def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
             nul = nul_byte_line(path)
             if nul is not None:
                 raise DataError("a NUL byte: this line is not text (a corrupt or binary file?)", path, nul)
+            # header=None: the header line fixes the field count, so a data row with an extra field is a parser
+            # error naming its line (with the header as header, pandas takes an extra field in the first data
+            # row as an implicit index column and shifts every cell of the file)
             frame = pd.read_csv(path, sep="," if kind == ".csv" else "\t", dtype=str, keep_default_na=False,
-                                na_values=[""])
+                                na_values=[""], header=None)
+            header = ["" if pd.isna(c) else c for c in frame.iloc[0]] if len(frame) else []
+            frame = frame.iloc[1:].reset_index(drop=True)
+            frame.columns = header
         elif kind in (".jsonl", ".json", ".ndjson"):
             frame = pd.read_json(path, lines=True, dtype=False)
         else:
