@@ -107,3 +107,13 @@ def test_date_strings_become_unix_seconds(tmp_path: Path) -> None:
     frame.to_csv(path, index=False)
     ds = Dataset.load(import_interactions(path, "Food,Kitchen", tmp_path / "out", cfg=CFG))
     assert ds.test.set_index("user").loc["u0", "target_ts"] == 25
+
+
+def test_an_extra_field_in_the_first_data_row_is_named_not_taken_for_an_index(tmp_path: Path) -> None:
+    # pandas reads a first data row with one field more than the header as an implicit index column, shifting
+    # every cell of the file; the importer must name the row instead
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp,domain\nu1,i1,1,Food,extra\nu1,i2,2,Kitchen\n")
+    with pytest.raises(DataError, match="line 2: cannot read as csv.*Expected 4 fields in line 2, saw 5"):
+        import_interactions(path, "Food,Kitchen", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
