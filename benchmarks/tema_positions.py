@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from temarec.data.dataset import Dataset
-from temarec.models.tema.encoders import first_used_column, length_groups
+from temarec.models.attention import first_used_column, length_groups
 from temarec.train import train_sequences
 
 

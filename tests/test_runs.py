@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from temarec.cli import main
-from temarec.config import Config, load_config, upgrade_config
+from temarec.config import LEGACY_TEMA_KEYS, Config, load_config, upgrade_config
 from temarec.data.batches import pad_histories
 from temarec.models import registry
 from temarec.models.base import ModelContext
@@ -106,7 +106,8 @@ def test_a_run_folder_of_the_old_layout_loads_with_its_settings(generated_datase
     with torch.no_grad():
         before = model.score_domain(hist, 0)
     raw = json.loads((out / "config.json").read_text())
-    raw["model"].update(raw["model"].pop("tema"))  # the flat layout of older versions
+    tema = raw["model"].pop("tema")
+    raw["model"].update({k: tema[k] for k in LEGACY_TEMA_KEYS})  # the flat layout of older versions (their keys)
     (out / "config.json").write_text(json.dumps(raw))
     old_model, _, old_cfg = load_run(out)
     assert old_cfg.model.settings.lambdas == (0.4, 0.1)

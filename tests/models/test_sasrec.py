@@ -7,7 +7,8 @@ import torch
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext
-from temarec.models.sasrec import SASRec, attention_mask
+from temarec.models.attention import attention_mask
+from temarec.models.sasrec import SASRec
 
 CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
 
@@ -31,3 +32,27 @@ def test_attention_mask_is_causal_skips_padding_keys_and_never_empty():
 def test_sequence_longer_than_max_len_is_rejected():
     with pytest.raises(ValueError, match="max_len"):
         make_model().score_domain(torch.ones(1, CTX.max_len + 1, dtype=torch.long), 0)
+
+
+def test_weights_of_the_sasrec_before_the_shared_encoder_load_with_the_same_scores():
+    """Run folders written before SASRec ran on StackedEncoders (commit b4e8897) keep working: their weights are
+    renamed on load, and the scores the old code computed are reproduced."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from temarec.config import ModelConfig
+    from temarec.models.base import ModelContext
+
+    fixtures = Path(__file__).parent / "fixtures"
+    old = json.loads((fixtures / "sasrec_v0.json").read_text())
+    ctx = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=8)
+    model = SASRec(ModelConfig(name="sasrec", dim=8, layers=2, heads=2, dropout=0.1), ctx).eval()
+    state = load_file(fixtures / "sasrec_v0.safetensors")
+    assert "pos_emb.weight" in state and "encoder.pos" not in state  # really the old layout
+    model.load_state_dict(state)
+    history = torch.tensor(old["history"])
+    with torch.no_grad():
+        for d in (0, 1):
+            torch.testing.assert_close(model.score_domain(history, d), torch.tensor(old["scores"][str(d)]))

@@ -16,7 +16,8 @@ from temarec.config import Config, ModelConfig
 from temarec.data.dataset import Dataset
 from temarec.models import tema
 from temarec.models.base import ModelContext
-from temarec.models.tema import TEMA, ChunkedLogSumExp, TemaSettings, modality_weights, view_gather, view_weights
+from temarec.models.softmax import ChunkedLogSumExp
+from temarec.models.tema import TEMA, TemaSettings, modality_weights, view_gather, view_weights
 
 N0, N1 = 7, 5  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
 HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
@@ -392,13 +393,13 @@ def test_missing_image_features_drop_the_image_modality(tmp_path):
 
 
 def test_encoding_in_length_groups_changes_nothing(monkeypatch, overfit):
-    import temarec.models.tema as tema
+    import temarec.models.attention as attention
 
     model = make_model(dropout=0.0)
     seqs = torch.cat([overfit.seqs, torch.tensor([[0, 0, 0, 0, 3, 9, 2], [0, 0, 0, 0, 0, 1, 8]])])
     with torch.no_grad():
         whole = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
-        monkeypatch.setattr(tema.encoders, "GROUP_ROWS", 2)
+        monkeypatch.setattr(attention, "GROUP_ROWS", 2)
         grouped = [model.score_domain(HISTORY, d) for d in (0, 1)] + [model.training_loss(seqs)]
     for a, b in zip(whole, grouped):
         torch.testing.assert_close(a, b)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from temarec.models.sasrec import Block, attention_mask
-from temarec.models.tema import StackedEncoders
+from temarec.models.attention import Block, attention_mask
+from temarec.models.attention import StackedEncoders
 
 E, B, L, D, HEADS, LAYERS = 4, 3, 7, 16, 2, 2
 

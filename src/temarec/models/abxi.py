@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids
-from temarec.models.sasrec import CausalSelfAttention, attention_mask
+from temarec.models.attention import CausalSelfAttention, attention_mask
 
 
 def _check(condition: bool, message: str) -> None:

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from temarec.config import ModelConfig
+from temarec.models.attention import last_states, next_item_states
 from temarec.models.registry import register
+from temarec.models.softmax import full_log_prob, sampled_log_prob
 
 
 @dataclass
@@ -132,16 +134,16 @@ class TiedItemModel(SequentialModel):
         return self.item_emb.weight
 
     def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs (B, L+1) -> scalar: next-item cross-entropy, softmax within each target's domain."""
-        inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
-        h = self.encode(inputs)  # (B, L, D)
-        mask = targets > 0  # (B, L) positions with something to predict
-        return next_item_loss(h[mask], targets[mask], self.item_emb.weight, self.ctx,
-                              self.cfg.loss, self.cfg.num_sampled)
+        """seqs (B, L+1) -> scalar: next-item cross-entropy, softmax within each target's domain.
+
+        Histories are encoded in groups of similar length (``next_item_states``): exact, as the encoders ignore
+        left padding."""
+        h, targets = next_item_states(seqs, lambda inputs, scored: self.encode(inputs)[scored])  # (P, D), (P,)
+        return next_item_loss(h, targets, self.item_emb, self.ctx, self.cfg.loss, self.cfg.num_sampled)
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """history (B, L) -> (B, N_domain) scores from the state after the most recent item."""
-        h = self.encode(history)[:, -1]  # (B, D)
+        h = last_states(history, lambda group, last: self.encode(group)[last])  # (B, D)
         return h @ self.item_emb.weight[self.ctx.domain_slice(domain)].T  # (B, N)
 
 
@@ -161,37 +163,31 @@ def domain_of_ids(ids: torch.Tensor, n_first: int) -> torch.Tensor:
     return (ids > n_first).long()
 
 
-def next_item_loss(h: torch.Tensor, targets: torch.Tensor, item_matrix: torch.Tensor, ctx: ModelContext,
-                   mode: str, num_sampled: int, chunk: int = 2048) -> torch.Tensor:
+def next_item_loss(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor | nn.Module, ctx: ModelContext,
+                   mode: str, num_sampled: int) -> torch.Tensor:
     """Cross-entropy of the next item, softmax restricted to the target's own domain.
 
-    h (P, D) states at scored positions; targets (P,) ids (idx + 1, no padding); item_matrix (1 + N_all, D)
-    with the padding row at 0. ``full``: exact softmax over every item of the target's domain (computed in
-    chunks of positions to bound memory). ``sampled``: per domain, ``num_sampled`` shared negatives drawn
-    uniformly from that domain; uniform sampling means the log-Q correction is a constant per domain and
-    cancels, so only accidental hits of the target are masked.
+    h (P, D) states at scored positions; targets (P,) ids (idx + 1, no padding); ``items`` the item rows: a
+    matrix (1 + N_all, D) with the padding row at 0, or a module looking rows up by id (an ``nn.Embedding``).
+    ``full``: exact softmax over every item of the target's domain. ``sampled``: per domain, ``num_sampled``
+    shared negatives drawn uniformly from that domain; uniform sampling means the log-Q correction is a
+    constant per domain and cancels, so only accidental hits of the target are masked. Both are
+    ``temarec.models.softmax``, the softmax of TEMA's heads (SASRec = TEMA's ID-only merged head).
     """
-    n_first = ctx.domain_sizes[0]
-    dom = domain_of_ids(targets, n_first)
+    def rows_of(ids: torch.Tensor) -> torch.Tensor:  # (K,) padded ids -> (1, K, D)
+        return (items(ids) if isinstance(items, nn.Module) else items[ids])[None]
+
+    dom = domain_of_ids(targets, ctx.domain_sizes[0])
     total = h.sum() * 0.0  # connected to the graph, so a batch without targets still backpropagates
     for d in (0, 1):
         rows = torch.nonzero(dom == d, as_tuple=True)[0]
         if rows.numel() == 0:
             continue
-        sl = ctx.domain_slice(d)
-        hd, td = h[rows], targets[rows] - sl.start  # local target index within the domain
-        if mode == "full" or num_sampled >= ctx.domain_sizes[d]:  # sampling all items: exact is cheaper
-            cand = item_matrix[sl]  # (N, D)
-            for start in range(0, len(rows), chunk):
-                logits = hd[start:start + chunk] @ cand.T  # (P', N)
-                total = total + nn.functional.cross_entropy(logits, td[start:start + chunk], reduction="sum")
+        sl, n = ctx.domain_slice(d), ctx.domain_sizes[d]
+        hs, local = h[rows][None, None], targets[rows] - sl.start  # (1, 1, P_d, D), (P_d,) index within the domain
+        if mode == "full" or num_sampled >= n:  # sampling all items: exact is cheaper
+            log_p = full_log_prob(hs, rows_of(torch.arange(sl.start, sl.stop, device=h.device)), local)
         else:
-            n = ctx.domain_sizes[d]
-            neg = torch.randint(0, n, (min(num_sampled, n),), device=h.device)
-            pos_logit = (hd * item_matrix[targets[rows]]).sum(-1, keepdim=True)  # (P, 1)
-            neg_logits = hd @ item_matrix[neg + sl.start].T  # (P, S)
-            neg_logits = neg_logits.masked_fill(neg[None, :] == td[:, None], float("-inf"))
-            logits = torch.cat([pos_logit, neg_logits], dim=1)
-            total = total + nn.functional.cross_entropy(
-                logits, torch.zeros(len(rows), dtype=torch.long, device=h.device), reduction="sum")
+            log_p = sampled_log_prob(hs, rows_of, local, n, sl.start, num_sampled, correction=False)
+        total = total - log_p.sum()
     return total / max(1, targets.numel())

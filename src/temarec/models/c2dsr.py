@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
-from temarec.models.sasrec import Block, attention_mask
+from temarec.models.attention import Block, attention_mask
 
 log = logging.getLogger(__name__)
 

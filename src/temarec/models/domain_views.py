@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from temarec.models.base import domain_of_ids
-from temarec.models.sasrec import Block, attention_mask
+from temarec.models.attention import Block, attention_mask
 
 
 @dataclass

@@ -30,7 +30,7 @@ from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
 from temarec.models.domain_views import (DomainView, SequenceEncoder, domain_view, gather_time, local_ids,
                                          prefix_mean)
-from temarec.models.sasrec import FeedForward
+from temarec.models.attention import FeedForward
 
 
 @dataclass(frozen=True)

@@ -10,71 +10,25 @@ left padding changes nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from temarec.config import ModelConfig
+from temarec.models.attention import StackedEncoders
 from temarec.models.base import ModelContext, TiedItemModel
 
 
-def attention_mask(valid: torch.Tensor) -> torch.Tensor:
-    """valid (B, L) non-padding flags -> (B, 1, L, L) boolean mask, True = query may attend to key.
-
-    Causal (key <= query) and no padding keys. Every query also sees itself, so a padding query (and an
-    all-padding row) never has a fully masked row, which would make softmax return NaN.
-    """
-    L = valid.size(1)
-    causal = torch.ones(L, L, dtype=torch.bool, device=valid.device).tril()  # (L, L)
-    eye = torch.eye(L, dtype=torch.bool, device=valid.device)  # (L, L)
-    return (causal & (valid[:, None, :] | eye))[:, None]  # (B, 1, L, L)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention under a given mask (Sec. III-B)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, D/H)
-        return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
-
-
-class FeedForward(nn.Module):
-    """Point-wise feed-forward network (Sec. III-B): ReLU(x W1 + b1) W2 + b2 with W1, W2 in R^{D x D}."""
-
-    def __init__(self, dim: int, dropout: float):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, L, D)
-
-
-class Block(nn.Module):
-    """One self-attention block: x + Dropout(attn(LN(x))), then x + Dropout(FFN(LN(x))) (Sec. III-C)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.ln_attn, self.ln_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads, dropout)
-        self.ffn = FeedForward(dim, dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_attn(x), mask))  # (B, L, D)
-        return x + self.drop(self.ffn(self.ln_ffn(x)))  # (B, L, D)
-
-
 class SASRec(TiedItemModel):
-    """Item + position embedding -> ``cfg.layers`` causal blocks -> LayerNorm; scores with the item embedding."""
+    """Item embedding -> ``cfg.layers`` causal blocks (positions counted from the right) -> final LayerNorm;
+    scores with the item embedding.
+
+    The encoder is ``StackedEncoders`` with one encoder: the implementation TEMA runs its V*M encoders with. A
+    TEMA restricted to the ID modality, the merged view and a plain dot-product head (configs/tema-as-sasrec.yaml)
+    computes exactly this model: same parameters from the same seed, same losses, same metrics
+    (tests/models/test_tema_as_sasrec.py).
+    """
 
     name = "sasrec"
 
@@ -82,25 +36,40 @@ class SASRec(TiedItemModel):
         super().__init__(cfg, ctx)
         D = cfg.dim
         self.item_emb = nn.Embedding(1 + ctx.n_items, D, padding_idx=0)  # row 0 = padding, row idx+1 = item idx
-        self.pos_emb = nn.Embedding(ctx.max_len, D)  # row 0 = most recent item
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
-        self.ln_final = nn.LayerNorm(D)
-        for emb in (self.item_emb, self.pos_emb):
-            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        self.register_buffer("input_scale", torch.tensor([D ** 0.5]), persistent=False)  # (1,) Sec. III-A
+        self.encoder = StackedEncoders(1, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len, positions="newest")
+        self._register_load_state_dict_pre_hook(_upgrade_state_dict)
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs (B, L) left-padded ids, L <= ctx.max_len -> (B, L, D) state at each position."""
-        L = seqs.size(1)
-        if L > self.ctx.max_len:
-            raise ValueError(f"sequence length {L} exceeds the positional table (ctx.max_len = {self.ctx.max_len}); "
-                             "keep the most recent max_len items")
-        pos = torch.arange(L - 1, -1, -1, device=seqs.device)  # (L,) distance from the most recent item
-        x = self.item_emb(seqs) * self.cfg.dim ** 0.5 + self.pos_emb(pos)  # (B, L, D), Sec. III-A
-        x = self.drop(x)
-        mask = attention_mask(seqs > 0)  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, mask)  # (B, L, D)
-        return self.ln_final(x)  # (B, L, D)
+        if torch.jit.is_tracing():  # ONNX export: unique's data-dependent shapes would freeze L; same values
+            x = self.item_emb(seqs)[None] * self.input_scale[:, None, None]  # (1, B, L, D)
+        else:  # each distinct item looked up once, as TEMA does: the same gradient, summed in the same order
+            uniq, inv = torch.unique(seqs, return_inverse=True)
+            x = (self.item_emb(uniq)[None] * self.input_scale[:, None, None])[:, inv]  # (1, B, L, D) e * sqrt(D)
+        return self.encoder(x, (seqs > 0)[None])[0]  # (B, L, D)
+
+
+# run folders written before SASRec ran on StackedEncoders: nn.Linear (out, in) -> stacked (1, in, out)
+_OLD_BLOCK = {"ln_attn": "ln_attn", "ln_ffn": "ln_ffn", "attn.qkv": "qkv", "attn.out": "out",
+              "ffn.net.0": "ffn_in", "ffn.net.3": "ffn_out"}
+
+
+def _upgrade_state_dict(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Rename an old SASRec's weights (pos_emb, blocks.i.*, ln_final) in place to the encoder's layout."""
+    if prefix + "pos_emb.weight" not in state:
+        return
+    state[prefix + "encoder.pos"] = state.pop(prefix + "pos_emb.weight")[None]
+    for key in [k for k in state if k.startswith(prefix + "blocks.") or k.startswith(prefix + "ln_final.")]:
+        value = state.pop(key)
+        rest = key[len(prefix):]
+        if rest.startswith("ln_final."):
+            state[prefix + "encoder." + rest] = value[None]
+            continue
+        _, layer, *part = rest.split(".")
+        module, kind = ".".join(part[:-1]), part[-1]
+        new = f"{prefix}encoder.blocks.{layer}.{_OLD_BLOCK[module]}.{kind}"
+        state[new] = value.T[None].contiguous() if value.dim() == 2 else value[None]

@@ -28,21 +28,26 @@ ID_STD = 0.02
 class ItemEmbeddings(nn.Module):
     """Per-modality item vectors e_m (eqs. 3-7), each of size D, and the fused item embedding (eq. 9).
 
-    ``id``: learnable rows, zeroed for items never seen in training (cold start: content only).
+    ``id``: learnable rows, zeroed for items never seen in training (cold start: content only) unless
+    ``zero_cold`` is off (then they keep their rows, as SASRec's item embedding does).
     ``img``/``txt``: frozen features (non-persistent buffers, reloaded from the dataset folder), projected to D
     without bias, so an item without the feature gets a zero vector. ``tag``: w_v @ E_tag with learnable E_tag.
     """
 
-    def __init__(self, dim: int, ctx: ModelContext, modalities: tuple[str, ...]):
+    def __init__(self, dim: int, ctx: ModelContext, modalities: tuple[str, ...], fuse: bool = True,
+                 zero_cold: bool = True):
         super().__init__()
         n, self.modalities = ctx.n_items, modalities
         raw_dims = []
         if "id" in modalities:
             self.id_emb = nn.Embedding(1 + n, dim, padding_idx=0)  # eq. (4), row 0 = padding
             nn.init.normal_(self.id_emb.weight, std=ID_STD)
-            counts = ctx.item_counts if ctx.item_counts is not None else [1.0] * n
+            with torch.no_grad():
+                self.id_emb.weight[0].zero_()  # padding
+            counts = ctx.item_counts if ctx.item_counts is not None and zero_cold else [1.0] * n
             known = torch.cat([torch.zeros(1), (torch.as_tensor(counts, dtype=torch.float32) > 0).float()])
             self.register_buffer("id_known", known)  # (1 + n,)
+            self.zero_cold = zero_cold
             raw_dims.append(dim)
         self.proj = nn.ModuleDict()
         for m in CONTENT:
@@ -60,15 +65,17 @@ class ItemEmbeddings(nn.Module):
             # similar (a random projection of the multi-hot vectors); unlike random ID rows they carry a prior
             self.tag_emb = nn.Parameter(torch.randn(w.shape[1], dim) * dim ** -0.5)
             raw_dims.append(dim)
-        # eq. (9): two-layer GELU MLP over [e_id ⊕ e_img ⊕ e_tex ⊕ e_tag] (raw sizes) to the model's size q = D
-        self.fuse = nn.Sequential(nn.Linear(sum(raw_dims), dim), nn.GELU(), nn.Linear(dim, dim))
+        # eq. (9): two-layer GELU MLP over [e_id ⊕ e_img ⊕ e_tex ⊕ e_tag] (raw sizes) to the model's size q = D;
+        # without ``fuse`` (model.tema.item_fusion off) every encoder reads its own modality's vector only
+        self.fuse = nn.Sequential(nn.Linear(sum(raw_dims), dim), nn.GELU(), nn.Linear(dim, dim)) if fuse else None
 
     def forward(self, ids: torch.Tensor, fuse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ids (*) -> (modality vectors (M, *, D), fused embedding (*, D) or None without ``fuse``); zero at padding."""
+        """ids (*) -> (modality vectors (M, *, D), fused embedding (*, D), or None without ``fuse`` or without eq. 9's
+        MLP); zero at padding."""
         vecs, raws = [], []
         for m in self.modalities:
             if m == "id":
-                v = self.id_emb(ids) * self.id_known[ids, None]  # eq. (4), cold items -> 0
+                v = self.id_emb(ids) * self.id_known[ids, None] if self.zero_cold else self.id_emb(ids)  # eq. (4)
                 raw = v
             elif m == "tag":
                 v = raw = self.tag_w[ids] @ self.tag_emb  # eq. (7): sum_i w_i E_tag[i]
@@ -77,7 +84,7 @@ class ItemEmbeddings(nn.Module):
                 v = self.proj[m](raw)
             vecs.append(v)
             raws.append(raw)
-        if not fuse:  # scoring needs the per-modality matrices E_m only (eqs. 12-13)
+        if not fuse or self.fuse is None:  # scoring needs the per-modality matrices E_m only (eqs. 12-13)
             return torch.stack(vecs), None
         fused = self.fuse(torch.cat(raws, -1)) * (ids > 0)[..., None]  # eq. (9)
         return torch.stack(vecs), fused

@@ -18,10 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from temarec.config import ModelConfig
+from temarec.models.attention import POSITIONS, StackedEncoders, last_states, next_item_states
 from temarec.models.base import ModelContext, SequentialModel
-from temarec.models.tema.encoders import StackedEncoders, first_used_column, length_groups, view_gather
+from temarec.models.softmax import full_log_prob, sampled_log_prob
+from temarec.models.tema.encoders import view_gather
 from temarec.models.tema.explain import describe_sources, explain
-from temarec.models.tema.heads import MIN_TEMPERATURE, HeadParts, log_normaliser, modality_weights, view_weights
+from temarec.models.tema.heads import MIN_TEMPERATURE, HeadParts, modality_weights, view_weights
 from temarec.models.tema.items import CONTENT, MODALITIES, ItemEmbeddings, usable_modalities
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,12 @@ class TemaSettings:
     # what eq. (14) trains: mixture = log of the alpha-fused probability (paper); separate = alpha-weighted sum of
     # each modality head's own log-likelihood (every head fully trained; docs/DESIGN.md, "Training loss")
     head_loss: str = "mixture"
+    # Where TEMA and SASRec differ beyond the modalities, views and head (docs/DESIGN.md, "TEMA as SASRec"); the
+    # defaults are TEMA's. configs/tema-as-sasrec.yaml sets the other side of each, which makes TEMA compute SASRec.
+    item_fusion: bool = True  # eq. (9)'s e_item added to every encoder's input; off: e_m alone
+    positions: str = "oldest"  # oldest: rank from the oldest item (causal in training); newest: SASRec's columns
+    cold_ids: str = "zero"  # zero: items never trained have no ID vector (+ a tie-break jitter); learn: keep rows
+    empty_state: str = "learned"  # a view with no item yet: learned vector; encoded: the encoder's padding state
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -66,6 +74,16 @@ class TemaSettings:
               f"model.tema.similarity must be cosine or dot, got {self.similarity!r}")
         check(self.head_loss in {"mixture", "separate"},
               f"model.tema.head_loss must be mixture or separate, got {self.head_loss!r}")
+        check(self.positions in POSITIONS, f"model.tema.positions must be oldest or newest, got {self.positions!r}")
+        # a single-domain view's state at merged step t sits at its latest item <= t; counted from the newest
+        # column, or read off the padding slot before its first item, it would encode how many items of that
+        # domain come later in the training sequence: the target's domain (docs/DESIGN.md, "Positions")
+        check(self.views == "merged" or (self.positions == "oldest" and self.empty_state == "learned"),
+              "model.tema.positions=newest and model.tema.empty_state=encoded leak the future with views=multi "
+              "(see docs/DESIGN.md, Positions); use them with model.tema.views=merged only")
+        check(self.cold_ids in {"zero", "learn"}, f"model.tema.cold_ids must be zero or learn, got {self.cold_ids!r}")
+        check(self.empty_state in {"learned", "encoded"},
+              f"model.tema.empty_state must be learned or encoded, got {self.empty_state!r}")
 
 
 class TEMA(SequentialModel):
@@ -91,17 +109,20 @@ class TEMA(SequentialModel):
         V, M, D = self.n_views, len(self.modalities), cfg.dim
         self.register_buffer("log_alpha", torch.log(torch.tensor([self.alpha[m] for m in self.modalities])),
                              persistent=False)  # (M,)
-        self.items = ItemEmbeddings(D, ctx, self.modalities)
+        self.items = ItemEmbeddings(D, ctx, self.modalities, fuse=s.item_fusion, zero_cold=s.cold_ids == "zero")
         self._item_cache: dict[int, torch.Tensor] = {}  # domain -> (M, N, D) while frozen, see domain_items
         self.register_buffer("input_scale", torch.tensor([D ** 0.5 if m == "id" else 1.0 for m in self.modalities]),
                              persistent=False)  # (M,) see encode
-        self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len)
-        self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
+        self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len, s.positions)
+        if s.empty_state == "learned":
+            self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
         # Items that carry no information (never trained, no text, no tags) get identical scores; a fixed random
         # jitter (<= 0.1% of the probability) orders them at random instead, so that the sampled
         # protocol's ">" rank is not optimistic for them (as pop does; see docs/DESIGN.md, "Data and evaluation").
+        # Kept ID rows (cold_ids = learn) leave no item information-free: no jitter then.
         g = torch.Generator().manual_seed(TIE_BREAK_SEED)
-        self.register_buffer("tie_break", TIE_BREAK_SCALE * torch.rand(ctx.n_items, generator=g),
+        jitter = TIE_BREAK_SCALE if s.cold_ids == "zero" else 0.0
+        self.register_buffer("tie_break", jitter * torch.rand(ctx.n_items, generator=g),
                              persistent=False)  # (n,) added to log-scores: a factor of at most 1.001
         log_tau = torch.full((V, M), math.log(s.temperature))  # one temperature per (view, modality)
         if s.learn_temperature:
@@ -124,7 +145,8 @@ class TEMA(SequentialModel):
         uniq, inv = torch.unique(view_ids, return_inverse=True)  # each distinct item embedded once
         vecs, fused = self.items(uniq)  # (M, U, D), (U, D)
         # F_m = e_m + e_item (eq. 9 feeds every encoder); e_id enters times sqrt(D), as SASRec's item embedding
-        f = (vecs * self.input_scale[:, None, None] + fused)[:, inv]  # (M, V, B, L, D)
+        f = vecs * self.input_scale[:, None, None]
+        f = (f if fused is None else f + fused)[:, inv]  # (M, V, B, L, D)
         x = f.transpose(0, 1).reshape(V * M, B, L, -1)  # (E, B, L, D)
         valid = (view_ids > 0)[:, None].expand(V, M, B, L).reshape(V * M, B, L)
         return self.encoders(x, valid).view(V, M, B, L, -1)  # eqs. (10)-(11)
@@ -195,42 +217,10 @@ class TEMA(SequentialModel):
             return (self.log_alpha.exp()[None, :, None] * log_p).sum(1)
         return torch.logsumexp(self.log_alpha[None, :, None] + log_p, dim=1)
 
-    @staticmethod
-    def _full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Exact: hs (V, M, P, D) scaled states, cand (M, N, D) item rows, target (P,) -> log P_m^V (V, M, P)."""
-        picked = (hs * cand[None, :, target]).sum(-1)  # (V, M, P) the target's logit
-        return picked - log_normaliser(hs, cand)
-
-    def _sampled_log_prob(self, h: torch.Tensor, target: torch.Tensor, domain: int) -> torch.Tensor:
-        """Softmax over the target and S shared negatives drawn uniformly from its domain (see docs/DESIGN.md)."""
-        n, start, P = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start, len(target)
-        neg = torch.randint(0, n, (self.cfg.num_sampled,), device=h.device)  # (S,)
-        uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
-        cand = self.candidates(self.items(uniq, fuse=False)[0])[:, inv]  # (M, P + S, D): the items this batch needs
-        hs = self.scaled(h)  # (V, M, P, D)
-        pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
-        # accidental hits, the target drawn as one of its own negatives, are left out of the normaliser
-        hits = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # (position, negative) pairs
-        lse = log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
-        # each negative stands for (N - 1) / S items, so the sum estimates the full softmax's normaliser and
-        # P_m stays calibrated like the full softmax (eq. 13 mixes probabilities); model.tema.sampled_correction off
-        # gives the plain softmax over target + negatives, as SASRec's sampled loss (docs/DESIGN.md)
-        shift = math.log((n - 1) / len(neg)) if self.settings.sampled_correction else 0.0
-        log_z = torch.logaddexp(pos, lse + shift)  # (V, M, P)
-        return pos - log_z  # (V, M, P)
-
     # ---- eqs. (14)-(17) ------------------------------------------------------------------------------------
     def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs (B, L+1) -> scalar: eq. (15) summed over every next-item position, divided by their number."""
-        hs, ts = [], []
-        for rows in length_groups(seqs):
-            group = seqs[rows]
-            group = group[:, max(0, first_used_column(group) - 1):]  # keep one padding input: "first item from nothing"
-            inputs, targets = group[:, :-1], group[:, 1:]  # (B_g, L_g) each
-            scored = targets > 0
-            hs.append(self.position_states(inputs, scored))  # (V, M, P_g, D)
-            ts.append(targets[scored])
-        h, targets = torch.cat(hs, 2), torch.cat(ts)  # (V, M, P, D), (P,)
+        h, targets = next_item_states(seqs, self.position_states, dim=2)  # (V, M, P, D), (P,)
         total = h.sum() * 0.0  # keeps the graph connected when a batch has nothing to predict
         for d in (0, 1):
             rows = torch.nonzero(targets > self.ctx.domain_sizes[0] if d else targets <= self.ctx.domain_sizes[0],
@@ -246,9 +236,14 @@ class TEMA(SequentialModel):
 
     def _domain_log_prob(self, h: torch.Tensor, local: torch.Tensor, domain: int) -> torch.Tensor:
         """h (V, M, P, D), local (P,) targets of ``domain`` -> log P_m^V(target) (V, M, P), full or sampled."""
-        if self.cfg.loss == "sampled" and self.cfg.num_sampled < self.ctx.domain_sizes[domain]:
-            return self._sampled_log_prob(h, local, domain)
-        return self._full_log_prob(self.scaled(h), self.candidates(self.domain_items(domain)), local)
+        n, hs = self.ctx.domain_sizes[domain], self.scaled(h)
+        if self.cfg.loss == "sampled" and self.cfg.num_sampled < n:
+            # the softmax over the target and S shared negatives drawn uniformly from its domain (docs/DESIGN.md);
+            # model.tema.sampled_correction calibrates P_m like the full softmax's (eq. 13 mixes probabilities)
+            return sampled_log_prob(hs, lambda ids: self.candidates(self.items(ids, fuse=False)[0]), local, n,
+                                    self.ctx.domain_slice(domain).start, self.cfg.num_sampled,
+                                    self.settings.sampled_correction)
+        return full_log_prob(hs, self.candidates(self.domain_items(domain)), local)
 
     def position_states(self, seqs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """seqs (B, L), at (B, L) bool -> h (V, M, P, D): each view's state after the items up to each of the P
@@ -263,18 +258,13 @@ class TEMA(SequentialModel):
         b, t = at.nonzero(as_tuple=True)  # (P,) each
         slot = b * L + last[:, b, t]  # (V, P) the view's latest item at or before t, flattened over (B, L)
         h = H.reshape(V, M, B * L, D).gather(2, slot[:, None, :, None].expand(V, M, len(b), D))  # (V, M, P, D)
+        if self.settings.empty_state == "encoded":  # the encoder's state at the view's padding slot (SASRec's)
+            return h
         return torch.where(has[:, b, t][:, None, :, None], h, self.h_empty[:, :, None])
 
     def final_states(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, L) -> h (V, M, B, D): each view's state after the most recent item."""
-        groups = length_groups(history)
-        states = []
-        for rows in groups:
-            group = history[rows][:, first_used_column(history[rows]):]
-            last = torch.zeros_like(group, dtype=torch.bool)
-            last[:, -1] = True
-            states.append(self.position_states(group, last))  # (V, M, B_g, D)
-        return torch.cat(states, 2)[:, :, torch.argsort(torch.cat(groups))]  # back to the input's row order
+        return last_states(history, self.position_states, dim=2)
 
     def modality_probs(self, history: torch.Tensor, domain: int, local: torch.Tensor | None = None) -> torch.Tensor:
         """(M, B, K) weighted sum over views of alpha_m P_m^V (eqs. 13, 16); K = all items, ``local`` (K,) items
@@ -292,6 +282,8 @@ class TEMA(SequentialModel):
         which would tie them with the target and make the sampled protocol's ">" rank optimistic. The heads are
         summed one at a time over SCORE_ROWS histories at once: the same sum as ``fuse_heads(head_log_probs)``
         without its (V, M, B, N) tensors, which set the peak RSS and made C2DSR's validation slower than an epoch.
+        With a single head (one view, one modality) the scores are its logits Sim / tau: the same ranking as its
+        log-softmax, and, for the ID-only merged dot-product head, exactly SASRec's scores.
         """
         return self.score_parts(history, domain)[0]
 
@@ -310,7 +302,8 @@ class TEMA(SequentialModel):
                 z = h[v, m, s:s + SCORE_ROWS] @ cand[m].T  # (r, N) Sim / tau, eq. (12)
                 lse = z.logsumexp(-1)  # (r,)
                 log_norm[v, m, s:s + SCORE_ROWS] = lse
-                z = z - (lse[:, None] - log_w[v, m])  # log(w_V alpha_m P_m^V), eqs. (13), (16)
+                if len(heads) > 1:  # one head: its normaliser is a per-row constant, so Sim / tau ranks the same
+                    z = z - (lse[:, None] - log_w[v, m])  # log(w_V alpha_m P_m^V), eqs. (13), (16)
                 total = z if total is None else torch.logaddexp(total, z)
             rows.append(total + tie)  # type: ignore[operator]
         return torch.cat(rows), HeadParts(h, log_norm)

@@ -1,0 +1,224 @@
+"""The causal self-attention encoder every attention model of temarec is built from (Sec. III-B/C of SASRec).
+
+Shape legend: B batch, L sequence length, D hidden size, H heads, E encoders run at once, P scored positions.
+
+``StackedEncoders`` runs E independent pre-LN causal encoders as one batched operation (stacked weights,
+batched matmuls): SASRec is the case E = 1, TEMA runs its V*M (view, modality) encoders with it, so an
+ID-only, merged-view TEMA and SASRec share one implementation (docs/DESIGN.md, "TEMA as SASRec").
+``Block`` is the same block for one encoder with ``nn.Linear`` weights (C2DSR, the domain-view peers).
+``length_groups`` / ``next_item_states`` / ``last_states`` encode histories in groups of similar length,
+each trimmed to its own longest row: exact for every model whose states ignore left padding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
+POSITIONS = ("oldest", "newest")
+
+
+def attention_mask(valid: torch.Tensor) -> torch.Tensor:
+    """valid (B, L) non-padding flags -> (B, 1, L, L) boolean mask, True = query may attend to key.
+
+    Causal (key <= query) and no padding keys. Every query also sees itself, so a padding query (and an
+    all-padding row) never has a fully masked row, which would make softmax return NaN.
+    """
+    L = valid.size(1)
+    causal = torch.ones(L, L, dtype=torch.bool, device=valid.device).tril()  # (L, L)
+    eye = torch.eye(L, dtype=torch.bool, device=valid.device)  # (L, L)
+    return (causal & (valid[:, None, :] | eye))[:, None]  # (B, 1, L, L)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention under a given mask (Sec. III-B)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, D/H)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+
+
+class FeedForward(nn.Module):
+    """Point-wise feed-forward network (Sec. III-B): ReLU(x W1 + b1) W2 + b2 with W1, W2 in R^{D x D}."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, L, D)
+
+
+class Block(nn.Module):
+    """One self-attention block: x + Dropout(attn(LN(x))), then x + Dropout(FFN(LN(x))) (Sec. III-C)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln_attn, self.ln_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads, dropout)
+        self.ffn = FeedForward(dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_attn(x), mask))  # (B, L, D)
+        return x + self.drop(self.ffn(self.ln_ffn(x)))  # (B, L, D)
+
+
+class StackedLinear(nn.Module):
+    """E independent linear maps applied as one batched matmul: x (E, *, i) -> (E, *, o)."""
+
+    def __init__(self, n: int, d_in: int, d_out: int):
+        super().__init__()
+        bound = d_in ** -0.5  # nn.Linear's default initialisation, per encoder
+        self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, d_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.baddbmm(self.bias[:, None], x.reshape(shape[0], -1, shape[-1]), self.weight)  # (E, *, o)
+        return y.view(*shape[:-1], -1)
+
+
+class StackedLayerNorm(nn.Module):
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(n, dim)), nn.Parameter(torch.zeros(n, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (E, B, L, D)
+        dim = (int(self.weight.shape[1]),)  # a constant, also when traced for ONNX export
+        return F.layer_norm(x, dim) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class StackedBlock(nn.Module):
+    """One pre-LN self-attention block for E encoders at once: x + Drop(attn(LN x)), x + Drop(FFN(LN x)).
+
+    Dropout as in our SASRec (and SASRec.pytorch): on each sub-layer's output, on the attention probabilities and
+    on the FFN's hidden layer. With the sub-layer outputs only, TEMA's ID head overfitted ABXI from epoch ~25 and
+    plateaued below SASRec (docs/BENCHMARKS.md, "Why TEMA lagged").
+    """
+
+    def __init__(self, n: int, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln_attn, self.ln_ffn = StackedLayerNorm(n, dim), StackedLayerNorm(n, dim)
+        self.qkv, self.out = StackedLinear(n, dim, 3 * dim), StackedLinear(n, dim, dim)
+        self.ffn_in, self.ffn_out = StackedLinear(n, dim, dim), StackedLinear(n, dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """eq. (10): softmax(Q K^T / sqrt(d_k)) V, x (E, B, L, D), mask (E*B, 1, L, L)."""
+        E, B, L, D = x.shape
+        qkv = self.qkv(x).view(E * B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (EB, H, L, d_k)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask,
+                                           dropout_p=self.drop.p if self.training else 0.0)  # (EB, H, L, d_k)
+        return self.out(y.transpose(1, 2).reshape(E, B, L, D))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attend(self.ln_attn(x), mask))  # (E, B, L, D)
+        return x + self.drop(self.ffn_out(self.drop(F.relu(self.ffn_in(self.ln_ffn(x))))))  # (E, B, L, D)
+
+
+class StackedEncoders(nn.Module):
+    """E independent causal encoders (TEMA's eqs. 10-11; SASRec with E = 1), run as batched tensor operations.
+
+    Encoder e has its own positions, blocks and final LayerNorm; no weight is shared. ``positions``:
+    ``oldest`` (TEMA): an item's position is its rank among the sequence's items (0 = oldest kept), so the
+    state after item k depends on items 0..k only, in training as at inference (docs/DESIGN.md);
+    ``newest`` (SASRec, as SASRec.pytorch's left-padded window): the column counted from the right
+    (0 = the most recent column). Left padding changes nothing either way.
+    """
+
+    def __init__(self, n: int, dim: int, heads: int, layers: int, dropout: float, max_len: int,
+                 positions: str = "oldest"):
+        super().__init__()
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        self.positions = positions
+        self.pos = nn.Parameter(torch.randn(n, max_len, dim) * 0.02)  # (E, max_len, D)
+        self.blocks = nn.ModuleList(StackedBlock(n, dim, heads, dropout) for _ in range(layers))
+        self.ln_final = StackedLayerNorm(n, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x (E, B, L, D) inputs, valid (E, B, L) non-padding (right-aligned) -> (E, B, L, D) states."""
+        E, B, L, D = x.shape
+        if L > self.pos.shape[1]:
+            raise ValueError(f"sequence length {L} exceeds the positional table (ctx.max_len = {self.pos.shape[1]}); "
+                             "keep the most recent max_len items")
+        if self.positions == "newest":
+            pos = self.pos[:, torch.arange(L - 1, -1, -1, device=x.device)][:, None]  # (E, 1, L, D)
+        else:
+            first = L - valid.sum(-1, keepdim=True)  # (E, B, 1) slot of the oldest item
+            rank = (torch.arange(L, device=x.device) - first).clamp(min=0)  # (E, B, L)
+            pos = self.pos[torch.arange(E, device=x.device)[:, None, None], rank]  # (E, B, L, D)
+        x = self.drop(x + pos)  # (E, B, L, D)
+        mask = attention_mask(valid.reshape(E * B, L))  # (E*B, 1, L, L) causal, no padding keys
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_final(x)
+
+
+def length_groups(seqs: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices sorted by length, GROUP_ROWS at a time: each group is then trimmed to its own longest row.
+
+    Exact (padding changes nothing); on ABXI Food-Kitchen it skips 44% of the positions of batches of 256.
+    """
+    return list(torch.argsort((seqs > 0).sum(1), stable=True).split(GROUP_ROWS))
+
+
+def first_used_column(seqs: torch.Tensor) -> int:
+    """Leading columns that are padding in every row change nothing (positions count from the right): skip them.
+
+    Returns the first column holding an item in some row (the last column when there is none).
+    """
+    used = (seqs > 0).any(0).nonzero()
+    return int(used[0]) if len(used) else seqs.shape[1] - 1
+
+
+def next_item_states(seqs: torch.Tensor, states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training sequences seqs (B, L+1) -> (states at every position with a next item, those items (P,)).
+
+    ``states(inputs (B_g, L_g), scored (B_g, L_g) bool) -> (..., P_g, D)`` gives the state after each scored
+    position, with P_g along ``dim``; it is called per length group, each trimmed to its longest row plus one
+    padding input, so the first item of a sequence is predicted "from nothing" (the state of that input).
+    """
+    hs, ts = [], []
+    for rows in length_groups(seqs):
+        group = seqs[rows]
+        group = group[:, max(0, first_used_column(group) - 1):]  # keep one padding input: "first item from nothing"
+        inputs, targets = group[:, :-1], group[:, 1:]  # (B_g, L_g) each
+        scored = targets > 0
+        hs.append(states(inputs, scored))
+        ts.append(targets[scored])
+    return torch.cat(hs, dim), torch.cat(ts)
+
+
+def last_states(history: torch.Tensor, states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                dim: int = 0) -> torch.Tensor:
+    """history (B, L) -> the state after each row's most recent item, (..., B, D) with B along ``dim``.
+
+    ``states`` as in ``next_item_states``; groups of similar length, each trimmed to its longest row.
+    """
+    groups = length_groups(history)
+    out = []
+    for rows in groups:
+        group = history[rows][:, first_used_column(history[rows]):]
+        last = torch.zeros_like(group, dtype=torch.bool)
+        last[:, -1] = True
+        out.append(states(group, last))
+    order = torch.argsort(torch.cat(groups))  # back to the input's row order
+    return torch.cat(out, dim).index_select(dim, order)

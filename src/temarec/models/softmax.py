@@ -1,0 +1,108 @@
+"""The next-item softmax every tied model trains with: exact over a domain, or over sampled negatives.
+
+Shape legend: V, M leading head dimensions (TEMA's views and modalities; 1, 1 for SASRec), P scored positions,
+D hidden size, N items of a domain, C candidates, S sampled negatives, K item rows asked for.
+
+One implementation for SASRec, GRU4Rec, the peers' next-item losses and each of TEMA's heads: the normaliser runs
+through ``ChunkedLogSumExp``, a custom autograd function that never holds all the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+LOGIT_CHUNK = 1 << 19  # logits held at once by a head's normaliser (2 MB in float32: stays in cache)
+MIN_CHUNK_ROWS = 64  # ... but never fewer rows per matmul than this
+
+
+class ChunkedLogSumExp(torch.autograd.Function):
+    """log sum_c exp(x_r . w_c) for M heads at once, chunk by chunk, never holding all the logits.
+
+    x (M, R, D) rows, w (M, C, D) candidates, rows per chunk, and (row, column) index pairs of logits left out
+    (-inf: a sampled negative that is the row's own target) -> (M, R) log-normalisers. Forward keeps only
+    those; backward recomputes each chunk's logits once and forms the softmax in place. Against autograd over
+    the stored (M, R, C) logits (a logsumexp or cross-entropy) this saves their memory and several passes over
+    them; small chunks stay in cache. It is most of TEMA's head cost: one CPU thread spends more time on the
+    nine heads' normalisers than on the nine encoders (docs/DESIGN.md, "Cost").
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, rows: int, drop_r: torch.Tensor,
+                drop_c: torch.Tensor) -> torch.Tensor:
+        M, R, _ = x.shape
+        lse = x.new_empty(M, R)
+        for s in range(0, R, rows):
+            lse[:, s:s + rows] = _chunk_logits(x, w, s, rows, drop_r, drop_c).logsumexp(-1)
+        ctx.save_for_backward(x, w, drop_r, drop_c, lse)
+        ctx.rows = rows
+        return lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w, drop_r, drop_c, lse = ctx.saved_tensors
+        lse = lse.masked_fill(lse == float("-inf"), 0.0)  # a row with every logit left out has no gradient
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+        for s in range(0, x.shape[1], ctx.rows):
+            # d lse / d z = softmax(z), times the incoming gradient
+            dz = _chunk_logits(x, w, s, ctx.rows, drop_r, drop_c).sub_(lse[:, s:s + ctx.rows, None]).exp_()
+            dz.mul_(grad[:, s:s + ctx.rows, None])  # (M, r, C)
+            grad_x[:, s:s + ctx.rows] = torch.bmm(dz, w)
+            grad_w.baddbmm_(dz.transpose(1, 2), x[:, s:s + ctx.rows])
+        return grad_x, grad_w, None, None, None
+
+
+def _chunk_logits(x: torch.Tensor, w: torch.Tensor, start: int, rows: int, drop_r: torch.Tensor,
+                  drop_c: torch.Tensor) -> torch.Tensor:
+    """(M, r, C) logits x[:, start:start + rows] @ w^T, -inf at the left-out (row, column) pairs of the chunk."""
+    z = torch.bmm(x[:, start:start + rows], w.transpose(1, 2))
+    if len(drop_r):
+        inside = (drop_r >= start) & (drop_r < start + rows)
+        z[:, drop_r[inside] - start, drop_c[inside]] = float("-inf")
+    return z
+
+
+def log_normaliser(hs: torch.Tensor, cand: torch.Tensor,
+                    left_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """hs (V, M, P, D), cand (M, C, D) -> (V, M, P) log sum_c exp(h . e_c) per head, through ChunkedLogSumExp.
+
+    ``left_out``: (position, candidate) index pairs excluded from every view's sum (accidental hits).
+    """
+    V, M, P, D = hs.shape
+    x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P rows: each view's positions
+    rows, cols = left_out if left_out is not None else (hs.new_empty(0, dtype=torch.long),) * 2
+    rows = (rows + torch.arange(V, device=hs.device)[:, None] * P).flatten()  # the same pairs in every view
+    chunk = max(MIN_CHUNK_ROWS, LOGIT_CHUNK // (M * cand.shape[1]))  # ~LOGIT_CHUNK logits per chunk
+    lse = ChunkedLogSumExp.apply(x, cand, chunk, rows, cols.repeat(V))  # (M, R)
+    return lse.view(M, V, P).transpose(0, 1)
+
+
+def full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Exact softmax: hs (V, M, P, D) query states, cand (M, N, D) the domain's item rows, target (P,) local
+    indices -> log P(target) (V, M, P)."""
+    picked = (hs * cand[None, :, target]).sum(-1)  # (V, M, P) the target's logit
+    return picked - log_normaliser(hs, cand)
+
+
+def sampled_log_prob(hs: torch.Tensor, item_rows: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor,
+                     n: int, start: int, num_sampled: int, correction: bool) -> torch.Tensor:
+    """Softmax over the target and ``num_sampled`` shared negatives drawn uniformly from its domain.
+
+    hs (V, M, P, D) query states; ``item_rows(ids (K,)) -> (M, K, D)`` candidate rows of padded item ids;
+    target (P,) local indices in a domain of ``n`` items whose first padded id is ``start`` -> (V, M, P).
+    Accidental hits (the target drawn as one of its own negatives) are left out of the normaliser.
+    ``correction``: each negative stands for (n - 1) / S items, so the sum estimates the full normaliser and
+    the probability stays calibrated (TEMA mixes probabilities); without it, the plain softmax over target +
+    negatives (SASRec's sampled loss; with uniform draws the log-Q correction is a constant that cancels).
+    """
+    P = len(target)
+    neg = torch.randint(0, n, (num_sampled,), device=hs.device)  # (S,)
+    uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
+    cand = item_rows(uniq)[:, inv]  # (M, P + S, D): the items this batch needs, each looked up once
+    pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
+    hits = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # (position, negative) pairs
+    lse = log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
+    shift = math.log((n - 1) / num_sampled) if correction else 0.0
+    return pos - torch.logaddexp(pos, lse + shift)  # (V, M, P)
