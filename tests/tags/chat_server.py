@@ -19,6 +19,7 @@ import json
 import re
 import threading
 import time
+import urllib.request
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -48,6 +49,30 @@ def match_answer(prompt: str) -> dict:
     return {"scores": {t: match_score(title, t) for t in tags}}
 
 
+class CountingServer(ThreadingHTTPServer):
+    """Knows how many accepted connections are still being handled (``open``, guarded by ``idle``)."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.open = 0
+        self.idle = threading.Condition()
+
+    def process_request(self, request, client_address):  # the accepting thread, before the handler starts
+        with self.idle:
+            self.open += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.idle:
+                self.open -= 1
+                self.idle.notify_all()
+
+
 class ChatServer:
     def __init__(self, client_timeout_s: float = 0.5):
         self.requests: list[dict] = []
@@ -62,6 +87,10 @@ class ChatServer:
             def log_message(self, *args):  # keep test output clean
                 pass
 
+            def do_GET(self):  # settle()'s marker: not a chat request, not recorded
+                self.send_response(204)
+                self.end_headers()
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
@@ -69,8 +98,7 @@ class ChatServer:
                     fault = server.faults.popleft() if server.faults else server.always
                 server.respond(self, body, fault)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = CountingServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -81,6 +109,17 @@ class ChatServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def settle(self, timeout_s: float = 600.0) -> None:
+        """Return once every connection opened before this call has been handled. A client killed right after
+        sending leaves its request in the socket queues; without this, it may be counted only after the test has
+        moved on. Connections are accepted in the order they were made, so once a marker request sent now is
+        answered, every earlier one has been accepted; then wait for their handlers to finish."""
+        with urllib.request.urlopen(self.url + "/settle", timeout=timeout_s):
+            pass
+        with self.httpd.idle:
+            assert self.httpd.idle.wait_for(lambda: self.httpd.open == 0, timeout_s), \
+                f"{self.httpd.open} connections still open after {timeout_s:g} s"
 
     def match_requests(self) -> int:
         return sum("Rate how well" in r["messages"][1]["content"] for r in self.requests)

@@ -1,24 +1,39 @@
 """Kill-and-resume: SIGKILL a real subprocess mid-run, restart it, and get byte-identical outputs."""
 
+import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tag_data import make_dataset
+from temarec.cache import Cache
 from temarec.config import TagsConfig
 from temarec.tags import run_tags
+from temarec.tags.backends.base import CallStats, Item
+from temarec.tags.backends.llm import Answer, Chat, LLMMatcher
 
 OUTPUTS = ("vocab.json", "scores.parquet", "meta.json")
 RUNNER = """
-import sys
+import sys, time
+from temarec.cache import Cache
 from temarec.config import TagsConfig
 from temarec.tags import run_tags
+pause_at_rows = int(sys.argv[3])
+if pause_at_rows:  # stop making progress once the cache holds that many rows, and wait for the kill there
+    commit = Cache.put_many
+    def commit_then_pause(self, items):
+        commit(self, items)
+        if len(self) >= pause_at_rows:
+            time.sleep(3600)
+    Cache.put_many = commit_then_pause
 run_tags(sys.argv[1], TagsConfig(**eval(sys.argv[2])))
 """
 
@@ -32,13 +47,16 @@ def cached_rows(path: Path) -> int:
 
 
 def run_killed_then_resumed(root: Path, kwargs: dict, kill_at_rows: int, timeout_s: float = 600,
-                            after_kill=lambda: None) -> int:
+                            after_kill=lambda: None, pause: bool = False) -> int:
     """Start the stage in a subprocess, SIGKILL it once the cache holds ``kill_at_rows`` rows, then run it again
-    to the end; returns the rows cached at the kill."""
+    to the end; returns the rows cached at the kill. With ``pause`` the subprocess stops after the commit that
+    reaches ``kill_at_rows`` and waits for the kill there (without it, the kill lands wherever the run is when
+    this process next looks: a test whose kill must land before a given commit cannot leave that to the
+    scheduler)."""
     cache = root / "tags" / "cache.sqlite"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(root), repr(kwargs)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(root), repr(kwargs), str(kill_at_rows * pause)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout_s
     while cached_rows(cache) < kill_at_rows:
         assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read().decode()[-2000:]}"
@@ -49,8 +67,8 @@ def run_killed_then_resumed(root: Path, kwargs: dict, kill_at_rows: int, timeout
     assert proc.returncode == -signal.SIGKILL
     at_kill = cached_rows(cache)
     after_kill()
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(root), repr(kwargs)], env=env, capture_output=True,
-                          timeout=timeout_s)
+    done = subprocess.run([sys.executable, "-c", RUNNER, str(root), repr(kwargs), "0"], env=env,
+                          capture_output=True, timeout=timeout_s)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return at_kill
 
@@ -76,8 +94,12 @@ def test_sigkill_mid_match_then_resume_is_byte_identical_and_redoes_nothing(tmp_
     server.delay_s = 0.03
     killed = make_dataset(tmp_path / "killed", rows)
     before_restart = []
-    at_kill = run_killed_then_resumed(killed, kwargs, kill_at_rows=60,
-                                      after_kill=lambda: before_restart.append(len(server.requests)))
+
+    def count_the_killed_runs_requests() -> None:
+        server.settle()  # a request sent just before the kill may still be on its way into server.requests
+        before_restart.append(len(server.requests))
+
+    at_kill = run_killed_then_resumed(killed, kwargs, kill_at_rows=60, after_kill=count_the_killed_runs_requests)
     assert 60 <= at_kill < total
     for name in OUTPUTS:
         assert (killed / "tags" / name).read_bytes() == (reference / "tags" / name).read_bytes(), name
@@ -96,7 +118,44 @@ def test_sigkill_mid_embedding_then_resume_is_byte_identical(tmp_path):
     with sqlite3.connect(reference / "tags" / "cache.sqlite") as db:
         total = db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
     killed = make_dataset(tmp_path / "killed", rows)
-    at_kill = run_killed_then_resumed(killed, kwargs, kill_at_rows=total - 200)  # after the 2nd chunk of items
-    assert at_kill < total
+    # killed after the 2nd chunk of items is committed, before the 3rd is (the subprocess waits there: the 3rd
+    # chunk takes about a second, and a kill that comes later finds nothing left to resume)
+    at_kill = run_killed_then_resumed(killed, kwargs, kill_at_rows=total - 200, pause=True)
+    assert at_kill == total - 87
     for name in OUTPUTS:
         assert (killed / "tags" / name).read_bytes() == (reference / "tags" / name).read_bytes(), name
+
+
+def test_a_kill_loses_at_most_the_requests_in_flight_however_late_the_main_thread_comes_back():
+    """Each answer is committed by the worker that got it: while the thread that hands out the work is away (here:
+    a slow progress bar; under load: the scheduler), workers finishing requests must not pile up answers that
+    only it would commit (its window holds 2 x concurrency requests)."""
+    concurrency = 2
+    cache = Cache(":memory:")
+    uncommitted: list[int] = []  # at each request sent: requests sent so far, this one included, minus cached answers
+
+    class Transport:
+        name, model = "fake", "m"
+        lock = threading.Lock()
+        sent = 0
+
+        def describe(self) -> str:
+            return "fake"
+
+        def complete(self, messages, schema, max_tokens) -> Answer:
+            with self.lock:
+                self.sent += 1
+                uncommitted.append(self.sent - len(cache))
+            time.sleep(0.01)
+            return Answer(json.dumps({"scores": {t: 50 for t in re.findall(r"^- (.+)$", messages[1]["content"],
+                                                                              re.M)}}))
+
+    class SlowProgress:
+        def update(self, n: int) -> None:
+            time.sleep(0.1)
+
+    matcher = LLMMatcher(Chat(Transport(), 0, 0.0, CallStats()), cache, tags_per_request=2, concurrency=concurrency)
+    items = [Item("Food", f"Product {i}", "", f"Product {i}") for i in range(8)]
+    result = matcher.score(items, ["coffee", "tea", "snack", "mug"], SlowProgress())
+    assert (result.scores == 50).all() and len(cache) == 16 == len(uncommitted)
+    assert max(uncommitted) <= concurrency, uncommitted

@@ -337,8 +337,12 @@ class LLMMatcher:
              fill: Callable, failed: np.ndarray, errors: list[str], progress: Progress) -> None:
         def ask(i: int, g: int) -> list[int]:
             group = groups[g]
-            return self.chat.ask(prompts[i, g], match_schema(group), match_max_tokens(group),
-                                 lambda a: parse_scores(a, group))
+            values = self.chat.ask(prompts[i, g], match_schema(group), match_max_tokens(group),
+                                   lambda a: parse_scores(a, group))
+            # committed by the worker that got it, not when the main thread gets round to it: the window holds
+            # 2 x concurrency futures, so answers waiting for the main thread could outnumber the requests in flight
+            self.cache.put(keys[i, g], json.dumps(values).encode("utf-8"))
+            return values
 
         consecutive = 0
         todo = iter(pending)
@@ -373,7 +377,6 @@ class LLMMatcher:
                                                 "cached: rerun to resume") from exc
                             continue
                         consecutive = 0
-                        self.cache.put(keys[i, g], json.dumps(values).encode("utf-8"))
                         if not failed[i]:
                             fill(i, g, values)
             except FatalError as exc:
