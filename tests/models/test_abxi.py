@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
+from model_checks import (CTX, DOMAIN_SIZES, HISTORY, assert_empty_histories_give_finite_scores,
+                          assert_left_padding_leaves_scores_unchanged, assert_losses_halve,
+                          assert_scores_cover_the_domain)
 from temarec.config import ModelConfig
 from temarec.models.abxi import ABXI, ABXISettings, compact_domain, latest_before, positions_from_right
 from temarec.models.base import ModelContext
 
-CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
-HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
-                        [2, 8, 12, 4, 4, 10],
-                        [0, 0, 0, 0, 0, 11]])
 SMALL = {"dim": 16, "heads": 2, "dropout": 0.1, "ffn_dim": 24, "domain_rank": 2, "invariant_rank": 4,
          "negatives_per_domain": 4}
 
@@ -47,18 +46,15 @@ def test_evaluation_view_keeps_the_domain_items_oldest_first_and_positions_count
     assert positions_from_right(torch.tensor([[False, True, False, True]])).tolist() == [[0, 2, 0, 1]]
 
 
-@pytest.mark.parametrize("domain, n", [(0, 7), (1, 5)])
+@pytest.mark.parametrize("domain, n", DOMAIN_SIZES)
 def test_score_shapes(domain, n, one_thread):
-    scores = make_model().score_domain(HISTORY, domain)
-    assert scores.shape == (3, n) and torch.isfinite(scores).all()
+    assert_scores_cover_the_domain(make_model(), domain, n)
 
 
 def test_extra_left_padding_and_other_domain_order_leave_scores_unchanged(one_thread):
     model = make_model()
-    padded = torch.cat([torch.zeros(3, 4, dtype=torch.long), HISTORY], dim=1)
+    assert_left_padding_leaves_scores_unchanged(model)
     with torch.no_grad():
-        for domain in (0, 1):
-            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
         # the most recent item changes the merged view, hence the scores of both domains
         changed = HISTORY.clone()
         changed[:, -1] = 5
@@ -66,8 +62,7 @@ def test_extra_left_padding_and_other_domain_order_leave_scores_unchanged(one_th
 
 
 def test_empty_history_gives_finite_scores(one_thread):
-    with torch.no_grad():
-        assert torch.isfinite(make_model().score_domain(torch.zeros(2, 6, dtype=torch.long), 1)).all()
+    assert_empty_histories_give_finite_scores(make_model(), lengths=(6,))
 
 
 def test_training_loss_is_the_infonce_of_the_aligned_representation(one_thread):
@@ -97,8 +92,7 @@ def test_training_loss_is_the_infonce_of_the_aligned_representation(one_thread):
 
 def test_loss_decreases_when_overfitting(overfit, one_thread):
     losses = overfit(_build({**SMALL, "dropout": 0.0}).train(), lr=1e-2, steps=60)  # fixture in tests/conftest.py
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert_losses_halve(losses)
 
 
 def test_a_small_model_learns_a_tiny_fixed_dataset(overfit, one_thread):

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from model_checks import (DOMAIN_SIZES, HISTORY, assert_empty_histories_give_finite_scores,
+                          assert_left_padding_leaves_scores_unchanged, assert_losses_halve,
+                          assert_scores_cover_the_domain)
 from temarec.config import ModelConfig, load_config
 from temarec.models.base import ModelContext
 from temarec.models.c2dsr import (C2DSR, C2DSRSettings, forward_fill, item_graphs, masked_mean, next_in_domain,
@@ -16,9 +19,6 @@ from temarec.models.c2dsr import (C2DSR, C2DSRSettings, forward_fill, item_graph
 
 SIZES = (7, 5)  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
 TRAIN = [np.array([0, 7, 1, 8, 2]), np.array([3, 11, 4, 10, 5, 9, 6]), np.array([0, 1, 0])]  # internal idx
-HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
-                        [2, 8, 12, 4, 4, 10],
-                        [0, 0, 0, 0, 0, 11]])
 
 
 def make_ctx(train=TRAIN, sizes=SIZES) -> ModelContext:
@@ -64,18 +64,13 @@ def test_next_in_domain_and_forward_fill():
     torch.testing.assert_close(masked_mean(states, food), torch.tensor([[(1 + 3 + 5) / 3]]))
 
 
-@pytest.mark.parametrize("domain, n", [(0, 7), (1, 5)])
+@pytest.mark.parametrize("domain, n", DOMAIN_SIZES)
 def test_score_shapes(domain, n):
-    with torch.no_grad():
-        assert make_model().score_domain(HISTORY, domain).shape == (3, n)
+    assert_scores_cover_the_domain(make_model(), domain, n)
 
 
 def test_extra_left_padding_leaves_scores_unchanged():
-    model = make_model()
-    padded = torch.cat([torch.zeros(3, 4, dtype=torch.long), HISTORY], dim=1)
-    with torch.no_grad():
-        for domain in (0, 1):
-            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
+    assert_left_padding_leaves_scores_unchanged(make_model())
 
 
 def test_an_item_of_the_other_domain_moves_only_the_merged_state():
@@ -90,10 +85,7 @@ def test_an_item_of_the_other_domain_moves_only_the_merged_state():
 
 
 def test_all_padding_history_gives_finite_scores():
-    model = make_model()
-    with torch.no_grad():
-        for length in (1, 6):
-            assert torch.isfinite(model.score_domain(torch.zeros(2, length, dtype=torch.long), 1)).all()
+    assert_empty_histories_give_finite_scores(make_model())
 
 
 def test_graph_tables_are_computed_once_in_eval_mode_and_refreshed_after_an_update():
@@ -128,8 +120,7 @@ def test_loss_decreases_when_overfitting(overfit, one_thread, loss):
     ctx.extras["c2dsr_graphs"] = item_graphs(train, SIZES)
     model = C2DSR(ModelConfig(name="c2dsr", dim=16, dropout=0.1, loss=loss, num_sampled=4), ctx)
     losses = overfit(model, lr=3e-2, steps=60)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert_losses_halve(losses)
     model.eval()
     with torch.no_grad():  # learned: after "Food 1, Kitchen 8, Food 2" comes Kitchen 9, after "... 9" Food 3
         assert model.score_domain(seqs[:1, :5], 1).argmax(1).item() == 9 - 8

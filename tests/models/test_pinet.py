@@ -3,24 +3,20 @@ learning, gradient clipping, settings, and a train -> resume -> reload round tri
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from temarec.config import ModelConfig, load_config
-from temarec.data.batches import pad_histories
-from temarec.models.base import ModelContext
+import model_checks
+from model_checks import (CTX, DOMAIN_SIZES, assert_a_later_item_changes_only_the_last_state,
+                          assert_empty_histories_give_finite_scores, assert_left_padding_leaves_scores_unchanged,
+                          assert_losses_halve, assert_ranks_each_next_item_first, assert_scores_cover_the_domain,
+                          assert_train_resume_reload)
+from temarec.config import ModelConfig
 from temarec.models.pinet import PiNet, PiNetSettings
-from temarec.runs import load_run, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors on a shared machine
 
-CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
-HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
-                        [2, 8, 12, 4, 4, 10],
-                        [0, 0, 0, 0, 0, 11],
-                        [9, 10, 8, 1, 2, 3]])
+HISTORY = torch.cat([model_checks.HISTORY, torch.tensor([[9, 10, 8, 1, 2, 3]])])  # + one opening with Kitchen
 
 
 def make_model(**settings) -> PiNet:
@@ -75,31 +71,21 @@ def test_every_position_matches_the_one_history_reference():
                     torch.testing.assert_close(h[e, b, t], reference_hidden(model, seq, e))
 
 
-@pytest.mark.parametrize("domain, n", [(0, 7), (1, 5)])
+@pytest.mark.parametrize("domain, n", DOMAIN_SIZES)
 def test_score_shapes(domain, n):
-    assert make_model().score_domain(HISTORY, domain).shape == (4, n)
+    assert_scores_cover_the_domain(make_model(), domain, n, HISTORY)
 
 
 def test_extra_left_padding_leaves_scores_unchanged():
-    model = make_model()
-    padded = torch.cat([torch.zeros(4, 3, dtype=torch.long), HISTORY], dim=1)
-    with torch.no_grad():
-        for domain in (0, 1):
-            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
+    assert_left_padding_leaves_scores_unchanged(make_model(), HISTORY, extra=3)
 
 
 def test_changing_a_later_item_leaves_earlier_states_unchanged():
-    model = make_model()
-    changed = HISTORY.clone()
-    changed[:, -1] = 5
-    with torch.no_grad():
-        h, h_changed = model.hidden(HISTORY), model.hidden(changed)
-    torch.testing.assert_close(h[:, :, :-1], h_changed[:, :, :-1])
-    assert not torch.allclose(h[:, :, -1], h_changed[:, :, -1])
+    assert_a_later_item_changes_only_the_last_state(make_model().hidden, dim=2, history=HISTORY)  # (2, B, L, 2D+1)
 
 
 def test_empty_history_gives_finite_scores():
-    assert torch.isfinite(make_model().score_domain(torch.zeros(2, 5, dtype=torch.long), 1)).all()
+    assert_empty_histories_give_finite_scores(make_model(), lengths=(5,))
 
 
 @pytest.mark.parametrize("loss", ["full", "sampled"])
@@ -107,8 +93,7 @@ def test_loss_decreases_when_overfitting(overfit, loss):
     model = make_model()
     model.cfg = ModelConfig(name="pinet", loss=loss, num_sampled=4, specific={"pinet": model.settings})
     losses = overfit(model, lr=3e-2, steps=50)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert_losses_halve(losses)
 
 
 def test_overfitting_a_fixed_dataset_ranks_each_next_item_first(overfit):
@@ -116,12 +101,7 @@ def test_overfitting_a_fixed_dataset_ranks_each_next_item_first(overfit):
     overfit(model, lr=3e-2, steps=150)
     model.eval()
     seq = overfit.seqs[1]  # Food and Kitchen alternate: 4 12 5 11 6 10 7
-    with torch.no_grad():
-        for t in range(1, len(seq)):
-            target = int(seq[t])
-            domain = int(target > CTX.domain_sizes[0])
-            scores = model.score_domain(seq[None, :t], domain)[0]
-            assert int(scores.argmax()) == target - CTX.domain_slice(domain).start
+    assert_ranks_each_next_item_first(model, seq, start=1)
 
 
 def test_gradients_are_clipped_by_value():
@@ -138,15 +118,4 @@ def test_bad_settings_are_one_line_errors(field, value):
 
 
 def test_train_resume_and_reload(generated_dataset, tmp_path, tiny):
-    out = tmp_path / "run"
-    cfg = load_config(None, tiny(**{"model.name": "pinet", "model.pinet.dim": "16", "train.epochs": "1"}))
-    train_run(generated_dataset, cfg, out)
-    train_run(generated_dataset, cfg.replace(**{"train.epochs": "2"}), out, resume=True)
-    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    metrics = json.loads((out / "metrics.json").read_text())
-    model, ds, cfg = load_run(out)
-    assert model.settings == PiNetSettings(dim=16)  # the section model.pinet travels with the run
-    hist = pad_histories(ds.test["history"].tolist()[:8], cfg.data.max_len)
-    with torch.no_grad():
-        assert torch.equal(model.score_domain(hist, 1), load_run(out)[0].score_domain(hist, 1))
-    assert 0.0 < metrics["test"]["sampled"]["Kitchen"]["mrr"] <= 1.0
+    assert_train_resume_reload(generated_dataset, tmp_path / "run", tiny, "pinet", PiNetSettings(dim=16), domain=1)

@@ -3,20 +3,18 @@ settings, and a train -> resume -> reload round trip on the generated world."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from temarec.config import ModelConfig, load_config
-from temarec.data.batches import pad_histories
-from temarec.models.base import ModelContext
+from model_checks import (CTX, DOMAIN_SIZES, assert_empty_histories_give_finite_scores,
+                          assert_left_padding_leaves_scores_unchanged, assert_losses_halve,
+                          assert_ranks_each_next_item_first, assert_scores_cover_the_domain,
+                          assert_train_resume_reload)
+from temarec.config import ModelConfig
 from temarec.models.srgnn import SRGNN, SRGNNSettings
-from temarec.runs import load_run, train_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors on a shared machine
 
-CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
 # ids 1..7 Food, 8..12 Kitchen; 0 = padding. Row 1 repeats the transition 2 -> 8, row 3 has a self-loop (4 -> 4).
 HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],
                         [2, 8, 12, 2, 8, 10],
@@ -68,16 +66,15 @@ def test_score_domain_scores_the_whole_history_as_one_session():
         torch.testing.assert_close(model.score_domain(HISTORY[1:2], 1)[0], model.item_emb.weight[8:13] @ s)
 
 
-@pytest.mark.parametrize("domain, n", [(0, 7), (1, 5)])
+@pytest.mark.parametrize("domain, n", DOMAIN_SIZES)
 def test_score_shapes(domain, n):
-    assert make_model().score_domain(HISTORY, domain).shape == (4, n)
+    assert_scores_cover_the_domain(make_model(), domain, n, HISTORY)
 
 
 def test_extra_left_padding_and_a_later_item_do_not_change_a_prefix():
     model = make_model()
-    padded = torch.cat([torch.zeros(4, 3, dtype=torch.long), HISTORY], dim=1)
+    assert_left_padding_leaves_scores_unchanged(model, HISTORY, extra=3)
     with torch.no_grad():
-        torch.testing.assert_close(model.score_domain(padded, 0), model.score_domain(HISTORY, 0))
         changed = HISTORY.clone()
         changed[:, -1] = 6
         ends = torch.zeros_like(HISTORY, dtype=torch.bool)
@@ -86,15 +83,14 @@ def test_extra_left_padding_and_a_later_item_do_not_change_a_prefix():
 
 
 def test_empty_history_gives_finite_scores_that_are_not_all_tied():
-    scores = make_model().score_domain(torch.zeros(2, 5, dtype=torch.long), 0)
-    assert torch.isfinite(scores).all() and scores[0].unique().numel() > 1
+    scores = assert_empty_histories_give_finite_scores(make_model(), domain=0, lengths=(5,))
+    assert scores[0].unique().numel() > 1
 
 
 @pytest.mark.parametrize("loss", ["full", "sampled"])
 def test_loss_decreases_when_overfitting(overfit, loss):
     losses = overfit(make_model(loss=loss, num_sampled=4), lr=3e-2, steps=50)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert_losses_halve(losses)
 
 
 def test_overfitting_a_fixed_dataset_ranks_each_next_item_first(overfit):
@@ -102,12 +98,7 @@ def test_overfitting_a_fixed_dataset_ranks_each_next_item_first(overfit):
     overfit(model, lr=3e-2, steps=150)
     model.eval()
     seq = overfit.seqs[1]  # Food and Kitchen alternate: 4 12 5 11 6 10 7
-    with torch.no_grad():
-        for t in range(2, len(seq)):
-            target = int(seq[t])
-            domain = int(target > CTX.domain_sizes[0])
-            scores = model.score_domain(seq[None, :t], domain)[0]
-            assert int(scores.argmax()) == target - CTX.domain_slice(domain).start
+    assert_ranks_each_next_item_first(model, seq, start=2)
 
 
 @pytest.mark.parametrize("field, value, message", [("dim", 0, "model.srgnn.dim"), ("steps", 0, "model.srgnn.steps"),
@@ -118,15 +109,4 @@ def test_bad_settings_are_one_line_errors(field, value, message):
 
 
 def test_train_resume_and_reload(generated_dataset, tmp_path, tiny):
-    out = tmp_path / "run"
-    cfg = load_config(None, tiny(**{"model.name": "srgnn", "model.srgnn.dim": "12", "train.epochs": "1"}))
-    train_run(generated_dataset, cfg, out)
-    train_run(generated_dataset, cfg.replace(**{"train.epochs": "2"}), out, resume=True)
-    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    metrics = json.loads((out / "metrics.json").read_text())
-    model, ds, cfg = load_run(out)
-    assert model.settings == SRGNNSettings(dim=12)  # the section model.srgnn travels with the run
-    hist = pad_histories(ds.test["history"].tolist()[:8], cfg.data.max_len)
-    with torch.no_grad():
-        assert torch.equal(model.score_domain(hist, 0), load_run(out)[0].score_domain(hist, 0))
-    assert 0.0 < metrics["test"]["sampled"]["Food"]["mrr"] <= 1.0
+    assert_train_resume_reload(generated_dataset, tmp_path / "run", tiny, "srgnn", SRGNNSettings(dim=12), domain=0)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from model_checks import assert_a_later_item_changes_only_the_last_state, assert_left_padding_leaves_scores_unchanged
 from temarec.config import Config, ModelConfig
 from temarec.data.dataset import Dataset
 from temarec.models import tema
@@ -139,12 +140,7 @@ def all_states(model: TEMA, seqs: torch.Tensor) -> torch.Tensor:
 
 def test_changing_a_later_item_leaves_earlier_states_unchanged():
     model = make_model()
-    changed = HISTORY.clone()
-    changed[:, -1] = 5
-    with torch.no_grad():
-        h, h_changed = all_states(model, HISTORY), all_states(model, changed)
-    torch.testing.assert_close(h[..., :-1, :], h_changed[..., :-1, :])
-    assert not torch.allclose(h[..., -1, :], h_changed[..., -1, :])
+    assert_a_later_item_changes_only_the_last_state(lambda seqs: all_states(model, seqs), dim=-2, history=HISTORY)
 
 
 def test_training_states_at_each_position_equal_inference_on_that_prefix():
@@ -156,11 +152,7 @@ def test_training_states_at_each_position_equal_inference_on_that_prefix():
 
 
 def test_extra_left_padding_leaves_scores_unchanged():
-    model = make_model()
-    padded = torch.cat([torch.zeros(len(HISTORY), 5, dtype=torch.long), HISTORY], dim=1)
-    with torch.no_grad():
-        for domain in (0, 1):
-            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
+    assert_left_padding_leaves_scores_unchanged(make_model(), HISTORY, extra=5)
 
 
 def test_sequence_longer_than_max_len_is_rejected():

@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model_checks import (CTX, DOMAIN_SIZES, HISTORY, assert_left_padding_leaves_scores_unchanged, assert_losses_halve,
+                          assert_scores_cover_the_domain)
 from temarec.config import ModelConfig
-from temarec.models.base import ModelContext
 from temarec.models.tricdr import TriCDR, TriCDRSettings, info_nce, segment_softmax
-
-CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
-HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
-                        [2, 8, 12, 4, 4, 10],
-                        [0, 0, 0, 0, 0, 11]])  # no Food item at all
 
 
 def make_model(**overrides) -> TriCDR:
@@ -20,20 +16,14 @@ def make_model(**overrides) -> TriCDR:
     return TriCDR(ModelConfig(name="tricdr", dim=16, dropout=0.1, **overrides), CTX).eval()
 
 
-@pytest.mark.parametrize("domain, n", [(0, 7), (1, 5)])
+@pytest.mark.parametrize("domain, n", DOMAIN_SIZES)
 def test_scores_are_scaled_cosines_over_the_domains_items(domain, n):
-    with torch.no_grad():
-        scores = make_model().score_domain(HISTORY, domain)
-    assert scores.shape == (3, n) and torch.isfinite(scores).all()
+    scores = assert_scores_cover_the_domain(make_model(), domain, n)
     assert scores.abs().max() <= TriCDRSettings().scale + 1e-5
 
 
 def test_extra_left_padding_leaves_scores_unchanged():
-    model = make_model()
-    padded = torch.cat([torch.zeros(3, 4, dtype=torch.long), HISTORY], dim=1)
-    with torch.no_grad():
-        for domain in (0, 1):
-            torch.testing.assert_close(model.score_domain(padded, domain), model.score_domain(HISTORY, domain))
+    assert_left_padding_leaves_scores_unchanged(make_model())
 
 
 def test_read_outs_at_a_position_ignore_later_items():
@@ -65,8 +55,7 @@ def test_info_nce_prefers_aligned_pairs():
 @pytest.mark.parametrize("loss", ["full", "sampled"])
 def test_loss_decreases_when_overfitting(overfit, loss, one_thread):
     losses = overfit(make_model(loss=loss, num_sampled=4), lr=1e-2, steps=40)  # fixture in tests/conftest.py
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert_losses_halve(losses)
 
 
 @pytest.mark.parametrize("field, value", [("scale", 0.0), ("infonce_temperature", -1.0),
