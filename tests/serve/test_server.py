@@ -33,7 +33,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> N
     raise AssertionError(f"no healthy server at {url} after {timeout_s} s")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(trained_run):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -62,3 +62,21 @@ def test_uvicorn_server_answers_and_refuses_bad_input(server):
         big = b'{"history": [' + b'"F00001",' * 200_000 + b'"F00001"], "domain": "Food"}'
         assert c.post("/recommend", content=big, headers={"content-type": "application/json"}).status_code == 413
         assert c.get("/metadata").json()["model"] == "sasrec"
+
+
+def test_load_tests_raw_client_counts_answers_and_errors(server):
+    """benchmarks/load_test.py's raw HTTP/1.1 client: every body answered, a non-200 answer is an error."""
+    import asyncio
+    import json
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        from load_test import load_raw
+    finally:
+        sys.path.pop(0)
+    good = [json.dumps({"history": ["F00001", "K01002"], "domain": d, "k": k}).encode()
+            for d in ("Food", "Kitchen") for k in (1, 5, 20)]
+    bad = [b'{"history": [], "domain": "Kitchen", "k": 21}', b"not json"]  # 422 both
+    latencies, errors, seconds = asyncio.run(load_raw(server, good + bad + good, 3))
+    assert len(latencies) == 2 * len(good) + len(bad) and errors == len(bad) and seconds > 0

@@ -28,6 +28,7 @@ from temarec.fileio import read_json
 from temarec.data.dataset import Dataset
 from temarec.models.base import SequentialModel
 from temarec.runs import item_counts, load_run
+from temarec.serve.fused import FusedScorer, fused_scorer
 from temarec.serve.scoring import Factorized, factorize
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ class Recommender:
         self._explains = callable(getattr(model, "explain", None))
         with torch.inference_mode():
             self._fact: Factorized | None = factorize(model)
+        self._fused: FusedScorer | None = None if self._fact else fused_scorer(model)
         log.info("serving %s on %s (%s)", self.model_name, self.dataset_name,
-                 "cached item matrices" if self._fact else "score_domain")
+                 "cached item matrices" if self._fact else "fused heads" if self._fused else "score_domain")
 
     @classmethod
     def load(cls, run_dir: str | Path, threads: int | None = None) -> "Recommender":
@@ -317,6 +319,8 @@ class Recommender:
         parts = None  # what the model's explain can reuse from scoring (TEMA: states and head normalisers)
         if self._fact:
             scores = self._fact(hist, d)  # (B, N)
+        elif self._fused is not None:
+            scores, parts = self._fused(hist, d)  # (B, N), what explain reuses
         elif self._explains and hasattr(self.model, "score_parts") and any(q.explain for q in queries):
             scores, parts = self.model.score_parts(hist, d)
         else:
@@ -324,7 +328,7 @@ class Recommender:
         lo, n = self._offsets[d], self._sizes[d]
         if any(q.exclude_seen for q in queries):
             # a model's scores may be a view of its own buffers (pop expands one row): mask a copy
-            scores = scores.float() if self._fact else scores.float().clone()
+            scores = scores.float() if self._fact or self._fused is not None else scores.float().clone()
             for row, (h, q) in enumerate(zip(histories, queries)):
                 seen = [i - lo for i in h if lo <= i < lo + n] if q.exclude_seen else []
                 if seen:
