@@ -43,6 +43,15 @@ def test_rows_whose_probabilities_underflow_are_scored_in_log_space(recommender)
     _assert_same_scores_and_parts(FusedScorer(model), model, hist)
 
 
+def test_a_single_head_is_ranked_by_its_similarity_as_score_parts_does(recommender):
+    model = copy.deepcopy(recommender("tema").model)
+    weights = model.log_head_weights
+    only = torch.full_like(weights(0), -math.inf)
+    only[2, 0] = 0.0  # the merged view's ID head alone (configs/tema-as-sasrec.yaml's TEMA)
+    model.log_head_weights = lambda domain, *args, **kwargs: only
+    _assert_same_scores_and_parts(FusedScorer(model), model, pad_histories(HISTORIES, model.ctx.max_len))
+
+
 def test_models_without_tema_heads_get_no_fused_scorer(recommender):
     assert fused_scorer(recommender("sasrec").model) is None
     assert recommender("pop")._fused is None

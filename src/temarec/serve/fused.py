@@ -48,6 +48,11 @@ class FusedScorer:
         views = [[v for v in range(log_w.shape[0]) if log_w[v, m] > -math.inf] for m in range(log_w.shape[1])]
         V, M, B, D = h.shape
         log_norm = h.new_zeros(V, M, B)  # (V, M, B) as score_parts: 0 for heads left out
+        if sum(map(len, views)) == 1:  # one head: score_parts ranks by Sim / tau itself (same order, no normaliser)
+            (m,) = [m for m, kept in enumerate(views) if kept]
+            z = h[views[m][0], m] @ cand[m].T  # (B, N)
+            log_norm[views[m][0], m] = z.logsumexp(-1)
+            return z + model.domain_tie_break(domain), HeadParts(h, log_norm)
         scores = h.new_empty(B, cand.shape[1])  # (B, N)
         for s in range(0, B, ROWS):
             rows = slice(s, min(s + ROWS, B))
