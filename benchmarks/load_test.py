@@ -15,8 +15,8 @@ error unless the status is 200. It costs ~0.1 ms of CPU per request, where ``--c
 (any status other than 200, or a transport error), the server's and this client's CPU time per request, and the
 machine's load average.
 
-``--baseline-src DIR`` first serves the same run from another source tree (``PYTHONPATH=DIR``, e.g. a checkout of
-an older commit) with the same bodies, so that both paths are measured side by side in one invocation;
+``--baseline-src DIR`` (repeatable) first serves the same run from another source tree (``PYTHONPATH=DIR``, e.g. a
+checkout of an older commit) with the same bodies, so that the paths are measured side by side in one invocation;
 ``--serve-args`` are extra ``temarec serve`` flags of the current tree's server only.
 """
 
@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -194,7 +195,7 @@ def run_async(coro):
 def measure(label: str, args: argparse.Namespace, bodies: list[bytes], src: str | None = None,
             extra: list[str] | None = None) -> dict:
     """Start one server (or use ``--url``), warm it up, load it, stop it; the figures of that server."""
-    proc = None
+    proc, mean_batch = None, None
     url = args.url
     if url is None:
         port = free_port()
@@ -212,11 +213,15 @@ def measure(label: str, args: argparse.Namespace, bodies: list[bytes], src: str 
         if proc is not None:
             proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=30)
+                _, stderr = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                stderr = b""
+            # the server logs "scored Q queries in B micro-batches (M per batch)" on shutdown: keep the mean
+            batched = re.findall(rb"micro-batches \(([0-9.]+) per batch\)", stderr)
+            mean_batch = float(batched[-1]) if batched else None
     result = {"label": label, "url": url, "run": str(args.run), "src": src, "serve_args": extra or [],
-              "client": args.client,
+              "client": args.client, "mean_batch": mean_batch,
               "requests": len(latencies), "concurrency": args.concurrency,
               "errors": errors, "seconds": round(elapsed, 2), "rps": round(len(latencies) / elapsed, 1),
               "cpus": os.cpu_count(), "load_average": os.getloadavg(),
@@ -228,7 +233,7 @@ def measure(label: str, args: argparse.Namespace, bodies: list[bytes], src: str 
           f"p99 {result['p99_ms']:.1f} ms, {errors} errors, {elapsed:.1f} s")
     if result["server_cpu_ms_per_request"]:
         print(f"[{label}] CPU time per request: server {result['server_cpu_ms_per_request']:.2f} ms, client "
-              f"{result['client_cpu_ms_per_request']:.2f} ms; load average "
+              f"{result['client_cpu_ms_per_request']:.2f} ms; {mean_batch or '?'} requests per micro-batch; load average "
               f"{' '.join(f'{x:.1f}' for x in result['load_average'])} on {os.cpu_count()} CPUs")
     return result
 
@@ -245,7 +250,8 @@ def main() -> None:
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="raw: keep-alive HTTP/1.1 over asyncio streams (~0.1 ms CPU per request); httpx: "
                              "httpx.AsyncClient (~1.4 ms), the client of the earlier figures")
-    parser.add_argument("--baseline-src", help="first serve the run from this source tree (PYTHONPATH), same load")
+    parser.add_argument("--baseline-src", action="append", default=[],
+                        help="first serve the run from this source tree (PYTHONPATH), same load; repeatable")
     parser.add_argument("--serve-args", default="", help="extra `temarec serve` flags of the current server")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -256,8 +262,9 @@ def main() -> None:
 
     bodies = [json.dumps(r).encode() for r in sample_requests(args.run, args.requests + args.warmup, args.k)]
     results = []
-    if args.baseline_src:
-        results.append(measure("baseline", args, bodies, src=args.baseline_src))
+    for i, src in enumerate(args.baseline_src):
+        label = "baseline" if len(args.baseline_src) == 1 else f"baseline {i + 1}"
+        results.append(measure(label, args, bodies, src=src))
     results.append(measure("current", args, bodies, extra=shlex.split(args.serve_args)))
     if args.json:
         Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0], indent=2))

@@ -61,6 +61,7 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the runner lives on
         self._executor: ThreadPoolExecutor | None = None
         self.batch_sizes: list[int] = []  # queries per scored batch (the last 1,000), for tests and diagnostics
+        self.batches, self.queries = 0, 0  # scored since start: the mean batch size is logged on close
 
     async def answer(self, queries: list[Query]) -> list[Recommendations | RecommendError]:
         """The answers of ``queries`` (in order), scored together with whatever else arrives in the window."""
@@ -95,6 +96,7 @@ class MicroBatcher:
                             p.future.set_exception(exc)
                     continue
                 self.batch_sizes = [*self.batch_sizes[-999:], len(queries)]
+                self.batches, self.queries = self.batches + 1, self.queries + len(queries)
                 start = 0
                 for p in batch:
                     if not p.future.done():  # the client may have gone away
@@ -117,6 +119,9 @@ class MicroBatcher:
 
     def close(self) -> None:
         """Stop the loop and the worker thread (the next ``answer`` starts them again)."""
+        if self.batches:
+            log.info("scored %d queries in %d micro-batches (%.2f per batch)", self.queries, self.batches,
+                     self.queries / self.batches)
         if self._runner is not None:
             self._runner.cancel()
             self._runner = None
