@@ -153,6 +153,8 @@ class ModelConfig:
         own = settings_class(self.name)
         if own is not None and self.name not in specific:
             specific[self.name] = own()
+        if hasattr(specific.get(self.name), "check_with"):  # a model's settings checked against dim, layers, ...
+            specific[self.name].check_with(self)
         object.__setattr__(self, "specific", specific)
 
     @property

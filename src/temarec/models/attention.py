@@ -4,7 +4,9 @@ Shape legend: B batch, L sequence length, D hidden size, H heads, E encoders run
 
 ``StackedEncoders`` runs E independent pre-LN causal encoders as one batched operation (stacked weights,
 batched matmuls): SASRec is the case E = 1, TEMA runs its V*M (view, modality) encoders with it, so an
-ID-only, merged-view TEMA and SASRec share one implementation (docs/DESIGN.md, "TEMA as SASRec").
+ID-only, merged-view TEMA and SASRec share one implementation (docs/DESIGN.md, "TEMA as SASRec"). Built with
+``shared=True``, its E encoders share one set of linear weights, each adapted by its own low-rank term
+(``SharedLoRALinear``; TEMA's ``model.tema.encoders = shared``, docs/DESIGN.md, "Shared encoders").
 ``Block`` is the same block for one encoder with ``nn.Linear`` weights (C2DSR, the domain-view peers).
 ``length_groups`` / ``next_item_states`` / ``last_states`` encode histories in groups of similar length,
 each trimmed to its own longest row: exact for every model whose states ignore left padding.
@@ -92,6 +94,33 @@ class StackedLinear(nn.Module):
         return y.view(*shape[:-1], -1)
 
 
+class SharedLoRALinear(nn.Module):
+    """One linear map shared by E encoders, plus a low-rank adapter per encoder (LoRA, Hu et al. 2021, eq. 3):
+    x_e (W + (alpha / r) A_e B_e) + b for encoder e, x (E, *, i) -> (E, *, o).
+
+    W (i, o) and b are shared; A_e (i, r) starts like nn.Linear's weight and B_e (r, o) at zero, so every encoder
+    starts as the shared one. The adapted weights are formed first (E i r o multiply-adds, once per call) and
+    applied as one batched matmul, so a row costs i o as with separate weights; adding x_e A_e B_e row by row
+    beside one shared matmul over all E*N rows costs (i + o) r more per row and measured 1.6x slower on CPU
+    (docs/DESIGN.md, "Shared encoders").
+    """
+
+    def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float):
+        super().__init__()
+        bound = d_in ** -0.5  # nn.Linear's default initialisation
+        self.weight = nn.Parameter(torch.empty(d_in, d_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound))
+        self.lora_a = nn.Parameter(torch.empty(n, d_in, rank).uniform_(-bound, bound))  # (E, i, r)
+        self.lora_b = nn.Parameter(torch.zeros(n, rank, d_out))  # (E, r, o)
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        weight = torch.baddbmm(self.weight, self.lora_a, self.lora_b, alpha=self.scale)  # (E, i, o) W + s A_e B_e
+        y = torch.baddbmm(self.bias, x.reshape(shape[0], -1, shape[-1]), weight)  # (E, N, o)
+        return y.view(*shape[:-1], -1)
+
+
 class StackedLayerNorm(nn.Module):
     def __init__(self, n: int, dim: int):
         super().__init__()
@@ -107,15 +136,20 @@ class StackedBlock(nn.Module):
 
     Dropout as in our SASRec (and SASRec.pytorch): on each sub-layer's output, on the attention probabilities and
     on the FFN's hidden layer. With the sub-layer outputs only, TEMA's ID head overfitted ABXI from epoch ~25 and
-    plateaued below SASRec (docs/BENCHMARKS.md, "Why TEMA lagged").
+    plateaued below SASRec (docs/BENCHMARKS.md, "Why TEMA lagged"). ``lora`` = (rank, alpha): the four linear maps
+    are ``SharedLoRALinear`` (shared weights, a low-rank adapter per encoder); None: ``StackedLinear``.
     """
 
-    def __init__(self, n: int, dim: int, heads: int, dropout: float):
+    def __init__(self, n: int, dim: int, heads: int, dropout: float, lora: tuple[int, float] | None = None):
         super().__init__()
         self.heads = heads
+
+        def linear(d_in: int, d_out: int) -> nn.Module:
+            return StackedLinear(n, d_in, d_out) if lora is None else SharedLoRALinear(n, d_in, d_out, *lora)
+
         self.ln_attn, self.ln_ffn = StackedLayerNorm(n, dim), StackedLayerNorm(n, dim)
-        self.qkv, self.out = StackedLinear(n, dim, 3 * dim), StackedLinear(n, dim, dim)
-        self.ffn_in, self.ffn_out = StackedLinear(n, dim, dim), StackedLinear(n, dim, dim)
+        self.qkv, self.out = linear(dim, 3 * dim), linear(dim, dim)
+        self.ffn_in, self.ffn_out = linear(dim, dim), linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -134,7 +168,11 @@ class StackedBlock(nn.Module):
 class StackedEncoders(nn.Module):
     """E independent causal encoders (TEMA's eqs. 10-11; SASRec with E = 1), run as batched tensor operations.
 
-    Encoder e has its own positions, blocks and final LayerNorm; no weight is shared. ``positions``:
+    ``lora`` None (``separate``): encoder e has its own positions, blocks and final LayerNorm; no weight is shared.
+    ``lora`` = (rank, alpha) (``shared``): the blocks' linear maps are shared, each encoder adapting them with its own
+    rank-r LoRA term (``SharedLoRALinear``); positions and LayerNorms stay per encoder (zero FLOPs, E x 2D or
+    max_len x D parameters each) but start equal, so at initialisation all E encoders compute the same function
+    (docs/DESIGN.md, "Shared encoders"). ``positions``:
     ``oldest`` (TEMA): an item's position is its rank among the sequence's items (0 = oldest kept), so the
     state after item k depends on items 0..k only, in training as at inference (docs/DESIGN.md);
     ``newest`` (SASRec, as SASRec.pytorch's left-padded window): the column counted from the right
@@ -142,13 +180,16 @@ class StackedEncoders(nn.Module):
     """
 
     def __init__(self, n: int, dim: int, heads: int, layers: int, dropout: float, max_len: int,
-                 positions: str = "oldest"):
+                 positions: str = "oldest", lora: tuple[int, float] | None = None):
         super().__init__()
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if lora is not None and not 1 <= lora[0] <= dim:
+            raise ValueError(f"the LoRA rank must be in [1, dim = {dim}], got {lora[0]}")
         self.positions = positions
-        self.pos = nn.Parameter(torch.randn(n, max_len, dim) * 0.02)  # (E, max_len, D)
-        self.blocks = nn.ModuleList(StackedBlock(n, dim, heads, dropout) for _ in range(layers))
+        table = torch.randn(n if lora is None else 1, max_len, dim) * 0.02
+        self.pos = nn.Parameter(table.expand(n, -1, -1).clone())  # (E, max_len, D)
+        self.blocks = nn.ModuleList(StackedBlock(n, dim, heads, dropout, lora) for _ in range(layers))
         self.ln_final = StackedLayerNorm(n, dim)
         self.drop = nn.Dropout(dropout)
 

@@ -54,6 +54,12 @@ class TemaSettings:
     positions: str = "oldest"  # oldest: rank from the oldest item (causal in training); newest: SASRec's columns
     cold_ids: str = "zero"  # zero: items never trained have no ID vector (+ a tie-break jitter); learn: keep rows
     empty_state: str = "learned"  # a view with no item yet: learned vector; encoded: the encoder's padding state
+    # separate: V*M independent encoders (paper); shared: one encoder's linear weights shared by all of them, each
+    # (view, modality) adapting them with a rank-lora_rank LoRA term scaled by lora_alpha / lora_rank (our addition,
+    # issue 14; docs/DESIGN.md, "Shared encoders")
+    encoders: str = "separate"
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -84,6 +90,16 @@ class TemaSettings:
         check(self.cold_ids in {"zero", "learn"}, f"model.tema.cold_ids must be zero or learn, got {self.cold_ids!r}")
         check(self.empty_state in {"learned", "encoded"},
               f"model.tema.empty_state must be learned or encoded, got {self.empty_state!r}")
+        check(self.encoders in {"separate", "shared"},
+              f"model.tema.encoders must be separate or shared, got {self.encoders!r}")
+        check(self.lora_rank >= 1, f"model.tema.lora_rank must be >= 1, got {self.lora_rank}")
+        check(self.lora_alpha > 0, f"model.tema.lora_alpha must be > 0, got {self.lora_alpha}")
+
+    def check_with(self, model: ModelConfig) -> None:
+        """What needs the shared model settings too (ModelConfig calls it for the selected model's section)."""
+        if self.encoders == "shared" and self.lora_rank > model.dim:
+            raise ValueError(f"model.tema.lora_rank ({self.lora_rank}) must be <= model.dim ({model.dim}): a rank "
+                             "above the hidden size adds nothing a full-rank adapter would not")
 
 
 class TEMA(SequentialModel):
@@ -113,7 +129,8 @@ class TEMA(SequentialModel):
         self._item_cache: dict[int, torch.Tensor] = {}  # domain -> (M, N, D) while frozen, see domain_items
         self.register_buffer("input_scale", torch.tensor([D ** 0.5 if m == "id" else 1.0 for m in self.modalities]),
                              persistent=False)  # (M,) see encode
-        self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len, s.positions)
+        lora = (s.lora_rank, s.lora_alpha) if s.encoders == "shared" else None
+        self.encoders = StackedEncoders(V * M, D, cfg.heads, cfg.layers, cfg.dropout, ctx.max_len, s.positions, lora)
         if s.empty_state == "learned":
             self.h_empty = nn.Parameter(torch.randn(V, M, D) * 0.02)  # state of a view with no item yet
         # Items that carry no information (never trained, no text, no tags) get identical scores; a fixed random
