@@ -87,6 +87,7 @@ def _outcome(run: Path) -> dict:
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for record in log:
         record.pop("epoch_s")
+        record.pop("epoch_cpu_s")
     return {"selected": load_file(str(run / "model.safetensors")), "last": load_file(str(run / "last.safetensors")),
             "metrics": metrics, "log": log}
 

@@ -170,12 +170,13 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
         else Tracker()
     try:
         for epoch in range(start_epoch, cfg.train.epochs + 1):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             loss = _train_epoch(wrapped, optimizer, seqs, cfg, dist, epoch)
             epoch_times.append(time.perf_counter() - t)
+            cpu = time.process_time() - cpu  # this process's CPU-seconds, all threads: fairer than wall under load
             stop = False
             if dist.is_main:
-                stop, bad_epochs = _after_epoch(model, dataset, cfg, out, optimizer, epoch, loss, epoch_times,
+                stop, bad_epochs = _after_epoch(model, dataset, cfg, out, optimizer, epoch, loss, epoch_times, cpu,
                                                 best, bad_epochs, time.perf_counter() - t_start, tracker)
             if dist.broadcast_flag(stop):
                 break
@@ -196,9 +197,11 @@ def _truncate_log(path: Path, size: int) -> None:
 
 def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path,
                  optimizer: torch.optim.Optimizer, epoch: int, loss: float, epoch_times: list[float],
-                 best: dict[str, Any], bad_epochs: int, elapsed: float, tracker: Tracker) -> tuple[bool, int]:
+                 epoch_cpu_s: float, best: dict[str, Any], bad_epochs: int, elapsed: float,
+                 tracker: Tracker) -> tuple[bool, int]:
     """Rank 0: validate, keep the best checkpoint, write the resumable state; returns (stop, bad_epochs)."""
-    record: dict[str, Any] = {"epoch": epoch, "loss": loss, "epoch_s": round(epoch_times[-1], 3)}
+    record: dict[str, Any] = {"epoch": epoch, "loss": loss, "epoch_s": round(epoch_times[-1], 3),
+                              "epoch_cpu_s": round(epoch_cpu_s, 3)}
     if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
         valid = evaluate(model, dataset, "valid", cfg.eval, cfg.data.max_len)
         score = selection_score(valid)
