@@ -53,7 +53,7 @@ def train(dataset: str, model: str, out: Path, epochs: int, settings: list[str],
         cmd += ["--set", s]
     load_before = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    log.info("training %s for %d epochs", model, epochs)
+    log.info("training %s (%s) for %d epochs", name or model, model, epochs)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{model} failed:\n{done.stderr[-4000:]}")

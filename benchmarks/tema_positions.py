@@ -1,12 +1,18 @@
 """The encoder positions a TEMA epoch computes, against SASRec's, counted on a dataset's training batches.
 
     python benchmarks/tema_positions.py --dataset DIR [--batch-size 256] [--max-len 50] [--seed 0]
+                                        [--dim 64] [--layers 2] [--modalities 3] [--num-sampled 1024]
 
-Batches as training draws them (shuffled, ``--batch-size`` sequences of ``max_len + 1``), split into TEMA's length
-groups and trimmed as ``TEMA.training_loss`` does. Prints, per modality: the positions the stacked encoders compute
-(3 views x group rows x group length), the positions if each view were trimmed to its own longest row in the group,
-the positions holding an item, and SASRec's (every sequence padded to max_len); and the attention's L^2 terms.
-No model is built: this is the arithmetic behind docs/BENCHMARKS.md, "Epoch time and memory".
+Batches as training draws them (shuffled, ``--batch-size`` sequences of ``max_len + 1``), split into the length
+groups and trimmed as ``TEMA.training_loss`` and SASRec's loss do (both encode through ``next_item_states``).
+Prints, per modality: the positions the stacked encoders compute (3 views x group rows x group length), the
+positions if each view were trimmed to its own longest row in the group, the positions holding an item, and
+SASRec's (its one encoder over the same groups); the attention's L^2 terms; and the forward multiply-adds of an
+epoch's encoders (the four linear maps, 6 D^2 per position and layer, and the attention's 2 D per L^2 term and
+layer) and sampled heads ((S + 1) D per scored position and head), TEMA (3 views x ``--modalities`` encoders and
+heads) against SASRec (one of each). Weight sharing (``model.tema.encoders = shared``) changes none of these: E
+encoders' products cost the same FLOPs whether their weights are shared or not. No model is built: this is the
+arithmetic behind docs/BENCHMARKS.md, "Epoch time and memory".
 """
 
 from __future__ import annotations
@@ -26,19 +32,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--modalities", type=int, default=3, help="TEMA's M (ABXI without images: id, txt, tag)")
+    parser.add_argument("--num-sampled", type=int, default=1024)
     args = parser.parse_args()
     ds = Dataset.load(args.dataset)
     seqs = train_sequences(ds, args.max_len)  # (S, max_len + 1)
     n_first = ds.domain_sizes[0]
     order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(args.seed))
-    stacked = trimmed = holding = sasrec = attn_stacked = attn_trimmed = 0
+    stacked = trimmed = holding = sasrec = attn_stacked = attn_trimmed = scored = 0
     for s in range(0, len(seqs), args.batch_size):
         batch = seqs[order[s:s + args.batch_size]]
-        sasrec += batch[:, :-1].numel()
         for rows in length_groups(batch):
             group = batch[rows]
-            inputs = group[:, max(0, first_used_column(group) - 1):][:, :-1]  # as TEMA.training_loss
+            group = group[:, max(0, first_used_column(group) - 1):]  # as next_item_states
+            inputs = group[:, :-1]
             B, L = inputs.shape
+            sasrec, scored = sasrec + B * L, scored + int((group[:, 1:] > 0).sum())
             real, second = inputs > 0, inputs > n_first
             stacked, attn_stacked = stacked + 3 * B * L, attn_stacked + 3 * B * L * L
             for count in ((real & ~second).sum(1), (real & second).sum(1), real.sum(1)):  # views X, Y, X+Y
@@ -49,6 +60,16 @@ def main() -> None:
           f"SASRec {sasrec:,} (TEMA's stacked / SASRec per modality: {stacked / sasrec:.2f}x)")
     print(f"attention L^2 terms: stacked {attn_stacked:,}; views trimmed {attn_trimmed:,} "
           f"({attn_trimmed / attn_stacked:.2f}x)")
+    D, layers, M, S = args.dim, args.layers, args.modalities, args.num_sampled
+    enc = {"SASRec": sasrec * layers * 6 * D * D + attn_stacked // 3 * layers * 2 * D,
+           "TEMA": M * (stacked * layers * 6 * D * D + attn_stacked * layers * 2 * D)}
+    heads = {"SASRec": scored * (S + 1) * D, "TEMA": 3 * M * scored * (S + 1) * D}
+    for name in ("SASRec", "TEMA"):
+        print(f"{name}: forward multiply-adds per epoch: encoders {enc[name] / 1e9:.1f} G, sampled heads "
+              f"{heads[name] / 1e9:.1f} G, together {(enc[name] + heads[name]) / 1e9:.1f} G")
+    print(f"TEMA / SASRec: encoders {enc['TEMA'] / enc['SASRec']:.2f}x, heads {heads['TEMA'] / heads['SASRec']:.2f}x, "
+          f"together {(enc['TEMA'] + heads['TEMA']) / (enc['SASRec'] + heads['SASRec']):.2f}x "
+          f"({scored:,} scored positions)")
 
 
 if __name__ == "__main__":

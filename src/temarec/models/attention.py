@@ -100,9 +100,9 @@ class SharedLoRALinear(nn.Module):
 
     W (i, o) and b are shared; A_e (i, r) starts like nn.Linear's weight and B_e (r, o) at zero, so every encoder
     starts as the shared one. The adapted weights are formed first (E i r o multiply-adds, once per call) and
-    applied as one batched matmul, so a row costs i o as with separate weights; adding x_e A_e B_e row by row
-    beside one shared matmul over all E*N rows costs (i + o) r more per row and measured 1.6x slower on CPU
-    (docs/DESIGN.md, "Shared encoders").
+    applied as one batched matmul, so a row costs i o as with separate weights. One shared matmul over all E*N
+    rows plus x_e A_e B_e row by row costs (i + o) r more per row, and was 1.6-2.1x slower per map and 1.2x per
+    encoder stack on one CPU thread, with no gain from the single matmul (benchmarks/bench_lora_linear.py).
     """
 
     def __init__(self, n: int, d_in: int, d_out: int, rank: int, alpha: float):
