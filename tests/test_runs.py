@@ -14,7 +14,7 @@ from temarec.data.batches import pad_histories
 from temarec.models import registry
 from temarec.models.base import ModelContext
 from temarec.models.pop import PopModel
-from temarec.runs import load_run, model_class, model_names, train_run
+from temarec.runs import load_run, model_class, model_names, read_run_info, train_run
 
 
 def test_every_model_module_registers_itself_under_its_name():
@@ -113,3 +113,15 @@ def test_a_run_folder_of_the_old_layout_loads_with_its_settings(generated_datase
     assert old_cfg.model.settings.lambdas == (0.4, 0.1)
     with torch.no_grad():
         torch.testing.assert_close(old_model.score_domain(hist, 0), before)
+
+
+def test_run_info_and_metrics_are_read_through_the_run_layer(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"model": "pop", "protocol": {"tags": "none"}}))
+    assert read_run_info(run) == ({"model": "pop", "protocol": {"tags": "none"}}, {})  # no metrics.json yet
+    (run / "metrics.json").write_text(json.dumps({"selected_epoch": 3}))
+    assert read_run_info(run)[1] == {"selected_epoch": 3}
+    (run / "metrics.json").write_text('{"selected_epoch": ')
+    with pytest.raises(ValueError, match=r"metrics\.json: not valid JSON .*train the run again"):
+        read_run_info(run)

@@ -53,7 +53,7 @@ from temarec.significance import RANKS_FILE
 from temarec.train import STATE, Distributed, fit, peak_rss_mb, seed_everything
 
 __all__ = ["model_class", "model_names", "item_counts", "build_model", "protocol_info", "write_run_files",
-           "read_config", "train_run", "load_run", "evaluate_run"]
+           "read_config", "train_run", "load_run", "read_run_info", "evaluate_run"]
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +349,13 @@ def load_run(run_dir: str | Path) -> tuple[SequentialModel, Dataset, Config]:
     load_weights(model, run / "model.safetensors")
     model.eval()
     return model, dataset, cfg
+
+
+def read_run_info(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run folder's run.json and metrics.json (``{}`` where training has not written metrics.json yet)."""
+    run = Path(run_dir)
+    metrics = run / "metrics.json"
+    return read_json(run / "run.json", _DAMAGED), read_json(metrics, _DAMAGED) if metrics.is_file() else {}
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", negatives: str | None = None) -> dict[str, Any]:

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from temarec.config import Config
-from temarec.fileio import read_json
 from temarec.data.dataset import Dataset
 from temarec.models.base import SequentialModel
-from temarec.runs import item_counts, load_run
+from temarec.runs import item_counts, load_run, read_run_info
 from temarec.serve.fused import FusedScorer, fused_scorer
 from temarec.serve.scoring import Factorized, factorize
 
@@ -135,12 +134,8 @@ class Recommender:
     @classmethod
     def load(cls, run_dir: str | Path, threads: int | None = None) -> "Recommender":
         """Load a run folder written by ``temarec train`` (weights via safetensors, no pickle)."""
-        run = Path(run_dir)
-        model, dataset, cfg = load_run(run)
-        damaged = "the run folder is damaged: train the run again"
-        run_info = read_json(run / "run.json", damaged)
-        metrics_path = run / "metrics.json"
-        metrics = read_json(metrics_path, damaged) if metrics_path.is_file() else {}
+        model, dataset, cfg = load_run(run_dir)
+        run_info, metrics = read_run_info(run_dir)
         return cls(model, dataset, cfg, run_info=run_info, metrics=metrics, threads=threads)
 
     # --- what the service reports about itself -------------------------------------------------------------
