@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -115,5 +116,18 @@ def test_an_extra_field_in_the_first_data_row_is_named_not_taken_for_an_index(tm
     path = tmp_path / "log.csv"
     path.write_text("user,item,timestamp,domain\nu1,i1,1,Food,extra\nu1,i2,2,Kitchen\n")
     with pytest.raises(DataError, match="line 2: cannot read as csv.*Expected 4 fields in line 2, saw 5"):
+        import_interactions(path, "Food,Kitchen", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [[-2**63 - 1], {"id": 2**64}, [[1, 2**70]]])
+def test_an_integer_beyond_64_bits_inside_a_json_value_is_named_by_line(tmp_path: Path, value) -> None:
+    # pandas' JSON reader refuses any integer beyond 64 bits, nested ones too ("Value is too small"); the line
+    # finder looked only at top-level values (hypothesis found it)
+    path = tmp_path / "log.jsonl"
+    records = [{"user": "u1", "item": "i1", "timestamp": 1, "domain": "Food"},
+               {"user": value, "item": "i2", "timestamp": 2, "domain": "Kitchen"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(DataError, match="line 2: cannot read as jsonl"):
         import_interactions(path, "Food,Kitchen", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -30,7 +30,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -228,17 +228,26 @@ def _bad_line(path: Path, kind: str, exc: ValueError) -> int | None:
 
 
 def _first_bad_json_line(path: Path) -> int | None:
-    """The first line that is not a JSON object, or holds an integer pandas cannot read (beyond 64 bits)."""
+    """The first line that is not a JSON object, or holds an integer pandas cannot read (beyond 64 bits), at any
+    depth: pandas' reader refuses one inside a list or an object too."""
     for lineno, line in iter_lines(path):
         if line.strip():
             try:
                 record = json.loads(line)
             except ValueError:
                 return lineno
-            if not isinstance(record, dict) or any(isinstance(v, int) and not -2**63 <= v < 2**64
-                                                   for v in record.values()):
+            if not isinstance(record, dict) or any(not -2**63 <= v < 2**64 for v in _json_ints(record)):
                 return lineno
     return None
+
+
+def _json_ints(value: Any) -> Iterator[int]:
+    """Every integer in a parsed JSON value, nested ones included."""
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, (list, dict)):
+        for inner in value.values() if isinstance(value, dict) else value:
+            yield from _json_ints(inner)
 
 
 def _line(frame: pd.DataFrame, row: int) -> int:
