@@ -45,40 +45,42 @@ class FusedScorer:
         h = model.scaled(model.final_states(history))  # (V, M, B, D) query side of eqs. (12)-(13)
         cand = model.domain_candidates(domain)  # (M, N, D) item side
         log_w = model.log_head_weights(domain)  # (V, M) log(w_V alpha_m), -inf for heads left out
-        views = [[v for v in range(log_w.shape[0]) if log_w[v, m] > -math.inf] for m in range(log_w.shape[1])]
-        V, M, B, D = h.shape
-        log_norm = h.new_zeros(V, M, B)  # (V, M, B) as score_parts: 0 for heads left out
-        if sum(map(len, views)) == 1:  # one head: score_parts ranks by Sim / tau itself (same order, no normaliser)
-            (m,) = [m for m, kept in enumerate(views) if kept]
-            z = h[views[m][0], m] @ cand[m].T  # (B, N)
-            log_norm[views[m][0], m] = z.logsumexp(-1)
+        log_norm = h.new_zeros(h.shape[:3])  # (V, M, B) as score_parts: 0 for heads left out
+        heads = (log_w > -math.inf).nonzero().tolist()  # [(v, m)] the heads in use
+        if len(heads) == 1:  # one head: score_parts ranks by Sim / tau itself (same order, no normaliser)
+            (v, m), = heads
+            z = h[v, m] @ cand[m].T  # (B, N)
+            log_norm[v, m] = z.logsumexp(-1)
             return z + model.domain_tie_break(domain), HeadParts(h, log_norm)
-        scores = h.new_empty(B, cand.shape[1])  # (B, N)
-        for s in range(0, B, ROWS):
-            rows = slice(s, min(s + ROWS, B))
-            prob = None  # (r, N) sum over heads of w_V alpha_m P_m^V
-            for m, kept in enumerate(views):
-                if not kept:
-                    continue
-                q = h[kept, m, rows]  # (k, r, D)
-                z = (q.reshape(-1, D) @ cand[m].T).view(*q.shape[:2], -1)  # (k, r, N) Sim / tau, eq. (12)
-                top = z.amax(-1, keepdim=True)  # (k, r, 1)
-                e = z.sub_(top).exp_()  # (k, r, N) exp(z - max z), in place
-                log_sum = e.sum(-1, keepdim=True).log_()  # (k, r, 1)
-                log_norm[kept, m, rows] = (top + log_sum).squeeze(-1)  # log sum_c exp(z_c), eq. (13)
-                weight = (log_w[kept, m][:, None, None] - log_sum).exp_()  # (k, r, 1) w_V alpha_m / sum(e)
-                for j in range(len(kept)):
-                    prob = e[j].mul_(weight[j]) if prob is None else prob.addcmul_(e[j], weight[j])
-            assert prob is not None, "log_head_weights leaves every head out"
-            scores[rows] = prob.log_()
+        scores = torch.cat([self._log_prob(h[:, :, s:s + ROWS], cand, log_w, log_norm[:, :, s:s + ROWS])
+                            for s in range(0, h.shape[2], ROWS)])  # (B, N)
         scores += model.domain_tie_break(domain)
-        parts = HeadParts(h, log_norm)
         # an item no head gives a normal float32 probability: redo its rows in log space (the model's own way)
         low = (scores < math.log(torch.finfo(scores.dtype).tiny) + 1).any(1).nonzero().flatten().tolist()
         if low:
             exact, exact_parts = model.score_parts(history[low], domain)
-            scores[low], parts.log_norm[:, :, low] = exact, exact_parts.log_norm
-        return scores, parts
+            scores[low], log_norm[:, :, low] = exact, exact_parts.log_norm
+        return scores, HeadParts(h, log_norm)
+
+    @staticmethod
+    def _log_prob(h: torch.Tensor, cand: torch.Tensor, log_w: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
+        """h (V, M, r, D) -> (r, N) log sum_{V,m} w_V alpha_m P_m^V (eqs. 13, 16); fills log_norm (V, M, r)."""
+        prob = None  # (r, N)
+        for m in range(h.shape[1]):
+            views = (log_w[:, m] > -math.inf).nonzero().flatten()  # this modality's heads in use
+            if not len(views):
+                continue
+            q = h[views, m]  # (k, r, D)
+            z = (q.reshape(-1, q.shape[-1]) @ cand[m].T).view(*q.shape[:2], -1)  # (k, r, N) Sim / tau, eq. (12)
+            top = z.amax(-1, keepdim=True)  # (k, r, 1)
+            e = z.sub_(top).exp_()  # (k, r, N) exp(z - max z), in place
+            log_sum = e.sum(-1, keepdim=True).log_()  # (k, r, 1)
+            log_norm[views, m] = (top + log_sum).squeeze(-1)  # log sum_c exp(z_c), eq. (13)
+            weight = (log_w[views, m][:, None, None] - log_sum).exp_()  # (k, r, 1) w_V alpha_m / sum(e)
+            for j in range(len(views)):
+                prob = e[j].mul_(weight[j]) if prob is None else prob.addcmul_(e[j], weight[j])
+        assert prob is not None, "more than one head is in use"
+        return prob.log_()
 
 
 def fused_scorer(model: Any) -> FusedScorer | None:
