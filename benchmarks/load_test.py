@@ -167,8 +167,8 @@ async def load_raw(url: str, bodies: list[bytes], concurrency: int) -> tuple[lis
                 next_index += 1
                 t = time.perf_counter()
                 try:
-                    ok = await one(reader, writer, body)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+                    ok = await asyncio.wait_for(one(reader, writer, body), timeout=30.0)  # httpx's timeout
+                except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
                     log.debug("request failed: %s", exc)
                     ok = False
                     writer.close()
