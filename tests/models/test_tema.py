@@ -453,3 +453,17 @@ def test_scores_do_not_underflow_to_ties_with_sharp_heads(monkeypatch):
     assert (probs == 0).any()  # the probability form underflows to exact ties at 0.0
     assert torch.isfinite(scores).all()
     assert all(len(set(row.tolist())) == N1 for row in scores)  # the log form keeps every item distinct
+
+
+def test_each_views_heads_use_that_views_temperatures():
+    """head_log_probs (the per-head diagnostics, fuse_heads) once scored every view with view 0's temperatures:
+    equal only while the temperatures are all equal, as at initialisation."""
+    model = make_model()
+    with torch.no_grad():
+        model.log_tau.copy_(torch.log(torch.rand(model.log_tau.shape, generator=torch.Generator().manual_seed(0)) * 0.3
+                                      + 0.02))  # (V, M) a different temperature for every head
+        for d in (0, 1):
+            heads = model.head_log_probs(HISTORY, d)  # (V, M, B, N)
+            direct = model.logits(model.final_states(HISTORY), model.domain_items(d)).log_softmax(-1)
+            torch.testing.assert_close(heads, direct)
+            torch.testing.assert_close(model.fuse_heads(heads, d), model.score_domain(HISTORY, d))

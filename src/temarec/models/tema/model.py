@@ -363,9 +363,7 @@ class TEMA(SequentialModel):
 
         What each of the V*M heads predicts on its own; ``benchmarks/tema_heads.py`` ranks with each of them.
         """
-        h = self.final_states(history)  # (V, M, B, D)
-        cand = self.domain_items(domain)  # (M, N, D)
-        return torch.stack([self.logits(h[v:v + 1], cand)[0].log_softmax(-1) for v in range(self.n_views)])
+        return self.logits(self.final_states(history), self.domain_items(domain)).log_softmax(-1)  # each view's tau
 
     @torch.no_grad()
     def explain(self, history: torch.Tensor, domain: int, local_item_ids: list[list[int]], top_tags: int = 5,
