@@ -172,6 +172,16 @@ def _pct(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
+def _flat_lines(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Nested dicts with numbers at the leaves -> one line per innermost dict:
+    {"fusion": {"Food target": {"views": {"Food": 1.0, "Kitchen": 0.3}}}} -> ["fusion, Food target, views: Food
+    1.000, Kitchen 0.300"]."""
+    if not any(isinstance(v, dict) for v in tree.values()):
+        return [f"{prefix}: " + ", ".join(f"{k} {v:.3f}" for k, v in tree.items())] if tree else []
+    return [line for k, v in tree.items() for line in _flat_lines(v if isinstance(v, dict) else {k: v},
+                                                                    f"{prefix}, {k}" if prefix else k)]
+
+
 def format_report(metrics: dict[str, Any]) -> str:
     """The printed report: what produced the numbers, then the test (and validation) tables."""
     p = metrics["protocol"]
@@ -186,6 +196,7 @@ def format_report(metrics: dict[str, Any]) -> str:
     ]
     if p.get("notes"):
         head.append(f"notes:     {p['notes']}")
+    head += [f"learned:   {line}" for line in _flat_lines(metrics.get("learned", {}))]
     body = []
     for split in ("valid", "test"):
         if split in metrics:

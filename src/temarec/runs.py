@@ -216,6 +216,7 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
     metrics = {
         "protocol": info,
         "selected_epoch": best["epoch"],
+        **learned_info(model),
         "valid": valid,
         "test": test,
         "timing": {"train_s": round(train_s, 2),
@@ -227,6 +228,14 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
     write_text_atomic(out / "README.md", model_card(cfg, dataset, metrics))
     dist.close()
     return metrics
+
+
+def learned_info(model: SequentialModel) -> dict[str, Any]:
+    """{"learned": ...} for a model with learned quantities a report shows (logged too), else {}."""
+    learned = model.learned_summary()
+    if learned:
+        log.info("learned: %s", json.dumps(learned))
+    return {"learned": learned} if learned else {}
 
 
 def model_card(cfg: Config, dataset: Dataset, metrics: dict[str, Any]) -> str:
@@ -363,5 +372,5 @@ def evaluate_run(run_dir: str | Path, split: str = "test", negatives: str | None
     model, dataset, cfg = load_run(run_dir)
     if negatives is not None:
         cfg = cfg.replace(**{"eval.negatives": negatives})
-    return {"protocol": protocol_info(dataset, cfg, model),
+    return {"protocol": protocol_info(dataset, cfg, model), **learned_info(model),
             split: evaluate(model, dataset, split, cfg.eval, cfg.data.max_len)}

@@ -202,6 +202,9 @@ def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Pat
     """Rank 0: validate, keep the best checkpoint, write the resumable state; returns (stop, bad_epochs)."""
     record: dict[str, Any] = {"epoch": epoch, "loss": loss, "epoch_s": round(epoch_times[-1], 3),
                               "epoch_cpu_s": round(epoch_cpu_s, 3)}
+    learned = model.learned_summary()
+    if learned:
+        record["learned"] = learned
     if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
         valid = evaluate(model, dataset, "valid", cfg.eval, cfg.data.max_len)
         score = selection_score(valid)

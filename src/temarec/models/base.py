@@ -97,6 +97,10 @@ class SequentialModel(nn.Module):
         """history (B, L) -> scores (B, N_domain) over all items of ``domain`` (higher = better)."""
         raise NotImplementedError
 
+    def learned_summary(self) -> dict[str, Any]:
+        """Small learned quantities a report should show (e.g. TEMA's learned fusion weights); {} for none."""
+        return {}
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Non-parameter tensors to checkpoint (e.g. popularity counts)."""
         return {}

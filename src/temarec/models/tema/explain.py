@@ -87,6 +87,10 @@ def describe_sources(dataset: Any, cfg: Any) -> dict[str, str]:
     else:
         notes.append(f"loss sampled softmax ({num_sampled} shared uniform negatives of the target's domain"
                      + ("" if m.sampled_correction else ", no log-Q correction") + ")")
+    if m.fusion == "learned":
+        notes.append("fusion learned (view and modality weights per target domain, softmax, initialised at the "
+                     "weights above and trained on the likelihood of the eq. (16) mixture; trained values under "
+                     "'learned', not the paper's fixed weights)")
     if m.head_loss == "separate" and len(mods) > 1:
         notes.append("head loss separate (alpha-weighted sum of each modality's NLL, not the paper's mixture)")
     temp = "learned" if m.learn_temperature else "fixed"

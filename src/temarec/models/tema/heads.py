@@ -11,9 +11,11 @@ feature's size, P scored positions, S sampled negatives, U distinct items of a b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from temarec.models.tema.items import MODALITIES
 
@@ -56,3 +58,30 @@ def view_weights(views: str, reading: str, lambdas: tuple[float, float], domain:
     weights = [0.0, 0.0, lambdas[1]]
     weights[x], weights[1 - x] = x_weight, lambdas[0]
     return weights
+
+
+class LearnedFusion(nn.Module):
+    """``model.tema.fusion = learned`` (our addition, not the paper's): eq. (16)'s view weights w_V and eq. (13)'s
+    modality weights alpha_m as softmaxes over learned logits, one set per target domain.
+
+    views (2, V) the paper's w_V for each target domain (eqs. 15-16), alpha (M,) its alpha_m (eq. 13). The logits
+    start at their logs, so the weights start at the paper's; the view weights are the softmax times the paper's
+    total s_d = sum_V w_V (1 + lambda1 + lambda2), so the scores start equal to ``fixed``'s, not only the ranks
+    (which never depend on s_d). A weight the paper sets to 0 (a lambda of 0, a residual tag weight of 0) stays 0.
+    How they are trained: docs/DESIGN.md, "Learned fusion".
+    """
+
+    def __init__(self, views: torch.Tensor, alpha: torch.Tensor):
+        super().__init__()
+        self.register_buffer("view_off", views <= 0, persistent=False)  # (2, V)
+        self.register_buffer("alpha_off", (alpha <= 0).expand(2, -1).clone(), persistent=False)  # (2, M)
+        self.register_buffer("log_total", views.sum(1).log(), persistent=False)  # (2,) log s_d
+        self.view_logits = nn.Parameter(views.clamp(min=1e-30).log().masked_fill(self.view_off, 0.0))  # (2, V)
+        self.alpha_logits = nn.Parameter(alpha.clamp(min=1e-30).log().masked_fill(alpha <= 0, 0.0)
+                                         .expand(2, -1).clone())  # (2, M)
+
+    def forward(self, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> log w_V (V,) on the paper's scale (they sum to s_d) and log alpha_m (M,), for target ``domain``."""
+        log_w = self.view_logits[domain].masked_fill(self.view_off[domain], -math.inf).log_softmax(-1)
+        log_a = self.alpha_logits[domain].masked_fill(self.alpha_off[domain], -math.inf).log_softmax(-1)
+        return log_w + self.log_total[domain], log_a

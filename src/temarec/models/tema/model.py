@@ -23,7 +23,7 @@ from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.softmax import full_log_prob, sampled_log_prob
 from temarec.models.tema.encoders import view_gather
 from temarec.models.tema.explain import describe_sources, explain
-from temarec.models.tema.heads import MIN_TEMPERATURE, HeadParts, modality_weights, view_weights
+from temarec.models.tema.heads import MIN_TEMPERATURE, HeadParts, LearnedFusion, modality_weights, view_weights
 from temarec.models.tema.items import CONTENT, MODALITIES, ItemEmbeddings, usable_modalities
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class TemaSettings:
     encoders: str = "separate"
     lora_rank: int = 8
     lora_alpha: float = 8.0
+    # fixed = the paper's alpha and lambdas in eqs. (13)-(16); learned = softmax weights per target domain that start
+    # at them and are trained as the mixture weights of eq. (16) (our addition; docs/DESIGN.md, "Learned fusion")
+    fusion: str = "fixed"
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -94,6 +97,10 @@ class TemaSettings:
               f"model.tema.encoders must be separate or shared, got {self.encoders!r}")
         check(self.lora_rank >= 1, f"model.tema.lora_rank must be >= 1, got {self.lora_rank}")
         check(self.lora_alpha > 0, f"model.tema.lora_alpha must be > 0, got {self.lora_alpha}")
+        check(self.fusion in {"fixed", "learned"}, f"model.tema.fusion must be fixed or learned, got {self.fusion!r}")
+        check(self.fusion == "fixed" or self.views == "multi" or len(self.modalities) > 1,
+              "model.tema.fusion=learned has no weight to learn with one view (views=merged) and one modality; "
+              "use fusion=fixed or add a modality")
 
     def check_with(self, model: ModelConfig) -> None:
         """What needs the shared model settings too (ModelConfig calls it for the selected model's section)."""
@@ -124,7 +131,9 @@ class TEMA(SequentialModel):
         self.n_views = 3 if s.views == "multi" else 1
         V, M, D = self.n_views, len(self.modalities), cfg.dim
         self.register_buffer("log_alpha", torch.log(torch.tensor([self.alpha[m] for m in self.modalities])),
-                             persistent=False)  # (M,)
+                             persistent=False)  # (M,) the paper's alpha, eq. (13)
+        if s.fusion == "learned":
+            self.fusion = LearnedFusion(self.paper_view_weights(), self.log_alpha.exp())
         self.items = ItemEmbeddings(D, ctx, self.modalities, fuse=s.item_fusion, zero_cold=s.cold_ids == "zero")
         self._item_cache: dict[int, torch.Tensor] = {}  # domain -> (M, N, D) while frozen, see domain_items
         self.register_buffer("input_scale", torch.tensor([D ** 0.5 if m == "id" else 1.0 for m in self.modalities]),
@@ -222,17 +231,18 @@ class TEMA(SequentialModel):
         self._item_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def head_log_prob(self, log_p: torch.Tensor) -> torch.Tensor:
-        """What eq. (14) maximises per view: log_p (V, M, P) log P_m^V(target) -> (V, P).
+    def head_log_prob(self, log_p: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
+        """What eq. (14) maximises per view: log_p (V, M, P) log P_m^V(target), log_alpha (M,) -> (V, P).
 
         ``mixture`` (the paper's eqs. 13-14): log sum_m alpha_m P_m, the log of the fused probability.
         ``separate``: sum_m alpha_m log P_m, each head's own log-likelihood weighted by alpha_m; a lower bound
         of the mixture's (Jensen), whose gradient reaches every head in full instead of in proportion to how
         well it already predicts the target (see docs/DESIGN.md, "Training loss"). Scores are eq. (16) either way.
+        There alpha multiplies loss terms, so it is always the paper's: a learned one would shrink the largest.
         """
         if self.settings.head_loss == "separate":
             return (self.log_alpha.exp()[None, :, None] * log_p).sum(1)
-        return torch.logsumexp(self.log_alpha[None, :, None] + log_p, dim=1)
+        return torch.logsumexp(log_alpha[None, :, None] + log_p, dim=1)
 
     # ---- eqs. (14)-(17) ------------------------------------------------------------------------------------
     def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -245,10 +255,17 @@ class TEMA(SequentialModel):
             if len(rows) == 0:
                 continue
             local = targets[rows] - self.ctx.domain_slice(d).start  # (P_d,)
-            log_p = self.head_log_prob(self._domain_log_prob(h[:, :, rows], local, d))  # (V, P_d)
+            heads = self._domain_log_prob(h[:, :, rows], local, d)  # (V, M, P_d) log P_m^V(target)
+            log_w, log_a = self.fusion_weights(d)  # (V,), (M,)
+            log_p = self.head_log_prob(heads, log_a)  # (V, P_d)
             w = torch.tensor(view_weights(self.settings.views, self.settings.view_reading, self.settings.lambdas, d),
-                             device=h.device)  # (V,) eq. (15): 1, lambda1, lambda2
+                             device=h.device)  # (V,) eq. (15): 1, lambda1, lambda2 (the paper's even when learned)
             total = total - (w[:, None] * log_p).sum()  # eq. (14) per view
+            if self.settings.fusion == "learned":
+                # the weights are trained only where they sit inside a mixture: -log of eq. (16)'s score normalised
+                # to a distribution, over heads held fixed (docs/DESIGN.md, "Learned fusion")
+                terms = (log_w[:, None] + log_a[None, :])[:, :, None] + heads.detach()  # (V, M, P_d)
+                total = total - (terms.logsumexp((0, 1)) - self.fusion.log_total[d]).sum()
         return total / max(1, len(targets))
 
     def _domain_log_prob(self, h: torch.Tensor, local: torch.Tensor, domain: int) -> torch.Tensor:
@@ -325,20 +342,52 @@ class TEMA(SequentialModel):
             rows.append(total + tie)  # type: ignore[operator]
         return torch.cat(rows), HeadParts(h, log_norm)
 
+    def paper_view_weights(self) -> torch.Tensor:
+        """(2, V) the paper's view weights w_V (1, lambda1, lambda2; eqs. 15-16) when domain 0 or 1 is the target."""
+        s = self.settings
+        return torch.tensor([view_weights(s.views, s.view_reading, s.lambdas, d) for d in (0, 1)])
+
+    def fusion_weights(self, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """log w_V (V,) and log alpha_m (M,) of eq. (16) for target ``domain``: the paper's (``model.tema.fusion =
+        fixed``) or the learned ones."""
+        if self.settings.fusion == "learned":
+            return self.fusion(domain)
+        w = view_weights(self.settings.views, self.settings.view_reading, self.settings.lambdas, domain)
+        return torch.tensor([math.log(x) if x > 0 else -math.inf for x in w], device=self.log_alpha.device), \
+            self.log_alpha
+
     def log_head_weights(self, domain: int, views: list[int] | None = None, modalities: list[int] | None = None,
                          weights: list[float] | None = None) -> torch.Tensor:
         """(V, M) log(w_V alpha_m): the weight of each head in eq. (16), -inf for the heads left out.
 
         Views or modalities left out of ``views`` / ``modalities`` (indices; None = all) get weight 0.
-        ``weights`` replaces the view weights w_V of the config (a diagnostic: re-weighting a trained model's views).
+        ``weights`` replaces the view weights w_V (a diagnostic: re-weighting a trained model's views).
         """
-        w = weights or view_weights(self.settings.views, self.settings.view_reading, self.settings.lambdas, domain)
-        log_w = torch.tensor([math.log(x) if x > 0 and (views is None or v in views) else -math.inf
-                              for v, x in enumerate(w)], device=self.log_alpha.device)  # (V,)
-        log_a = self.log_alpha.masked_fill(torch.tensor([modalities is not None and m not in modalities
-                                                         for m in range(len(self.modalities))],
-                                                        device=self.log_alpha.device), -math.inf)  # (M,)
+        log_w, log_a = self.fusion_weights(domain)  # (V,), (M,)
+        if weights is not None:
+            log_w = torch.tensor([math.log(x) if x > 0 else -math.inf for x in weights], device=log_a.device)
+        dev = log_a.device
+        log_w = log_w.masked_fill(torch.tensor([views is not None and v not in views for v in range(len(log_w))],
+                                               device=dev), -math.inf)
+        log_a = log_a.masked_fill(torch.tensor([modalities is not None and m not in modalities
+                                                for m in range(len(log_a))], device=dev), -math.inf)
         return log_w[:, None] + log_a[None, :]
+
+    def learned_summary(self) -> dict[str, Any]:
+        """With ``model.tema.fusion = learned``: the trained weights of eq. (16) for reports, per target domain
+        each view's w_V (on the paper's scale, 1 + lambda1 + lambda2 in all) and each modality's alpha_m."""
+        if self.settings.fusion != "learned":
+            return {}
+        d0, d1 = self.ctx.domains
+        names = [d0, d1, f"{d0}+{d1}"] if self.n_views == 3 else [f"{d0}+{d1}"]
+        out = {}
+        with torch.no_grad():
+            for d, target in enumerate(self.ctx.domains):
+                log_w, log_a = self.fusion(d)
+                out[f"{target} target"] = {"views": {n: round(float(x), 4) for n, x in zip(names, log_w.exp())},
+                                           "modalities": {m: round(float(x), 4)
+                                                          for m, x in zip(self.modalities, log_a.exp())}}
+        return {"fusion": out}
 
     def weighted_head_log_probs(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
                                 modalities: list[int] | None = None,
