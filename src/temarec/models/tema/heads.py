@@ -20,6 +20,9 @@ from torch import nn
 from temarec.models.tema.items import MODALITIES
 
 MIN_TEMPERATURE = 0.01  # logit scale <= 100, as CLIP clamps it
+# learned fusion logits are stored divided by this, so Adam moves them this many times faster than the network's
+# weights: at lr 1e-3 a logit otherwise needs ~1000 steps per factor of e (docs/DESIGN.md, "Learned fusion")
+FUSION_SPEED = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,15 @@ class LearnedFusion(nn.Module):
         self.register_buffer("view_off", views <= 0, persistent=False)  # (2, V)
         self.register_buffer("alpha_off", (alpha <= 0).expand(2, -1).clone(), persistent=False)  # (2, M)
         self.register_buffer("log_total", views.sum(1).log(), persistent=False)  # (2,) log s_d
-        self.view_logits = nn.Parameter(views.clamp(min=1e-30).log().masked_fill(self.view_off, 0.0))  # (2, V)
+        # (2, V) and (2, M) logits / FUSION_SPEED
+        self.view_logits = nn.Parameter(views.clamp(min=1e-30).log().masked_fill(self.view_off, 0.0) / FUSION_SPEED)
         self.alpha_logits = nn.Parameter(alpha.clamp(min=1e-30).log().masked_fill(alpha <= 0, 0.0)
-                                         .expand(2, -1).clone())  # (2, M)
+                                         .expand(2, -1) / FUSION_SPEED)
 
     def forward(self, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> log w_V (V,) on the paper's scale (they sum to s_d) and log alpha_m (M,), for target ``domain``."""
-        log_w = self.view_logits[domain].masked_fill(self.view_off[domain], -math.inf).log_softmax(-1)
-        log_a = self.alpha_logits[domain].masked_fill(self.alpha_off[domain], -math.inf).log_softmax(-1)
+        views = FUSION_SPEED * self.view_logits[domain]  # (V,)
+        alpha = FUSION_SPEED * self.alpha_logits[domain]  # (M,)
+        log_w = views.masked_fill(self.view_off[domain], -math.inf).log_softmax(-1)
+        log_a = alpha.masked_fill(self.alpha_off[domain], -math.inf).log_softmax(-1)
         return log_w + self.log_total[domain], log_a
