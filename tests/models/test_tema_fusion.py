@@ -146,3 +146,16 @@ def test_a_learned_run_reports_its_weights_resumes_them_and_reloads_them(generat
         scores = model.score_domain(hist, 0)
         model.fusion.view_logits.zero_()  # other weights give other scores: scoring reads the learned ones
         assert not torch.allclose(model.score_domain(hist, 0), scores)
+
+
+def test_serving_fused_scorer_reads_the_learned_weights():
+    from temarec.serve.fused import fused_scorer
+
+    model = make_model(fusion="learned")
+    with torch.no_grad():
+        model.fusion.view_logits.add_(torch.tensor([[0.2, -0.1, 0.3], [-0.2, 0.1, 0.25]]))
+        model.fusion.alpha_logits.add_(torch.tensor([[0.1, -0.2, 0.0], [0.0, 0.15, -0.1]]))
+        scorer = fused_scorer(model)
+        assert scorer is not None  # it reproduced score_parts on its probe histories
+        for d in (0, 1):
+            torch.testing.assert_close(scorer(HISTORY, d)[0], model.score_domain(HISTORY, d), atol=1e-4, rtol=1e-4)
