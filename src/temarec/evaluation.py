@@ -84,31 +84,39 @@ class Ranks:
 
 
 @torch.no_grad()
+def split_batches(dataset: Dataset, split: str, batch_size: int, max_len: int,
+                  device: torch.device | str = "cpu") -> Iterator[tuple[np.ndarray, torch.Tensor, int, torch.Tensor]]:
+    """The instances of ``split``, domain by domain: (rows of the split (B,), left-padded histories (B, L) on
+    ``device``, target domain, targets (B,) as local indices within that domain)."""
+    frame = dataset.split(split)
+    domains, targets = frame["domain"].to_numpy(), frame["target"].to_numpy()
+    histories = frame["history"].tolist()
+    for d in (0, 1):
+        rows = np.flatnonzero(domains == d)
+        for start in range(0, len(rows), batch_size):
+            b = rows[start:start + batch_size]
+            hist = pad_histories([histories[i] for i in b], max_len).to(device)  # (B, L)
+            yield b, hist, d, torch.from_numpy(targets[b].astype(np.int64) - dataset.domain_offsets[d])
+
+
 def rank_split(model: Scorer, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> Ranks:
     """Score every instance of ``split`` once per domain and rank its target under both protocols."""
     frame = dataset.split(split)
     negatives = dataset.negatives(split, cfg.negatives)
     domains = frame["domain"].to_numpy()
-    targets = frame["target"].to_numpy()
     ranks = {name: np.zeros(len(frame), dtype=np.int64) for name in ("sampled", "sampled_ge", "full")}
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device
-    histories = frame["history"].tolist()
-    for d in (0, 1):
+    for b, hist, d, tgt in split_batches(dataset, split, cfg.batch_size, max_len, device):
         offset = dataset.domain_offsets[d]
-        rows = np.flatnonzero(domains == d)
-        for start in range(0, len(rows), cfg.batch_size):
-            b = rows[start:start + cfg.batch_size]
-            hist = pad_histories([histories[i] for i in b], max_len).to(device)  # (B, L)
-            scores = model.score_domain(hist, d).float().cpu()  # (B, N)
-            if not torch.isfinite(scores).all():
-                raise FloatingPointError(f"{model.name} produced non-finite scores on {split}; the model diverged")
-            tgt = torch.from_numpy(targets[b].astype(np.int64) - offset)  # (B,)
-            t_score = scores.gather(1, tgt[:, None])  # (B, 1)
-            neg = scores.gather(1, torch.from_numpy(negatives[b].astype(np.int64) - offset))  # (B, 999)
-            ranks["sampled"][b] = 1 + (neg > t_score).sum(1).numpy()
-            ranks["sampled_ge"][b] = 1 + (neg >= t_score).sum(1).numpy()
-            ranks["full"][b] = 1 + (scores > t_score).sum(1).numpy()
+        scores = model.score_domain(hist, d).float().cpu()  # (B, N)
+        if not torch.isfinite(scores).all():
+            raise FloatingPointError(f"{model.name} produced non-finite scores on {split}; the model diverged")
+        t_score = scores.gather(1, tgt[:, None])  # (B, 1)
+        neg = scores.gather(1, torch.from_numpy(negatives[b].astype(np.int64) - offset))  # (B, 999)
+        ranks["sampled"][b] = 1 + (neg > t_score).sum(1).numpy()
+        ranks["sampled_ge"][b] = 1 + (neg >= t_score).sum(1).numpy()
+        ranks["full"][b] = 1 + (scores > t_score).sum(1).numpy()
     return Ranks(domain=domains, **ranks)
 
 

@@ -45,7 +45,7 @@ import torch
 from temarec.checkpoint import load_state, load_weights, save_weights
 from temarec.config import RESUMABLE_SETTINGS, Config, upgrade_config
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset, missing_target_domains
-from temarec.evaluation import evaluate, evaluate_with_ranks, format_report
+from temarec.evaluation import evaluate, evaluate_with_ranks, format_report, split_batches
 from temarec.fileio import atomic_dir, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
 from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.registry import model_class, model_names
@@ -206,6 +206,10 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
             raise ValueError(f"{out}: no epoch gave a finite validation MRR, so no checkpoint was selected (the "
                              "loss diverged? see metrics.jsonl); train again with a lower train.lr")
         load_weights(model, out / "model.safetensors")
+        device = cfg.train.device
+        if model.fit_on_validation((hist, d, tgt.to(device)) for _, hist, d, tgt in
+                                   split_batches(dataset, "valid", cfg.eval.batch_size, cfg.data.max_len, device)):
+            save_weights(model, out / "model.safetensors")  # the selected checkpoint, with what it fitted
     else:
         save_weights(model, out / "model.safetensors")
     train_s = time.perf_counter() - t0

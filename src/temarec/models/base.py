@@ -101,6 +101,12 @@ class SequentialModel(nn.Module):
         """Small learned quantities a report should show (e.g. TEMA's learned fusion weights); {} for none."""
         return {}
 
+    def fit_on_validation(self, batches: Any) -> bool:
+        """After training, with the selected checkpoint: fit what a model fits on held-out data (TEMA's validated
+        fusion weights). ``batches`` yields (histories (B, L), target domain, targets (B,) local indices) of the
+        validation split. Returns whether anything changed (the run layer then saves the weights again)."""
+        return False
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Non-parameter tensors to checkpoint (e.g. popularity counts)."""
         return {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -62,6 +62,8 @@ class TemaSettings:
     lora_alpha: float = 8.0
     # fixed = the paper's alpha and lambdas in eqs. (13)-(16); learned = softmax weights per target domain that start
     # at them and are trained as the mixture weights of eq. (16) (our addition; docs/DESIGN.md, "Learned fusion")
+    # validated = the paper's weights in training, then per target domain fitted on the validation split (the
+    # same weights as learned; docs/DESIGN.md, "Validated fusion")
     fusion: str = "fixed"
 
     def __post_init__(self) -> None:
@@ -97,10 +99,11 @@ class TemaSettings:
               f"model.tema.encoders must be separate or shared, got {self.encoders!r}")
         check(self.lora_rank >= 1, f"model.tema.lora_rank must be >= 1, got {self.lora_rank}")
         check(self.lora_alpha > 0, f"model.tema.lora_alpha must be > 0, got {self.lora_alpha}")
-        check(self.fusion in {"fixed", "learned"}, f"model.tema.fusion must be fixed or learned, got {self.fusion!r}")
+        check(self.fusion in {"fixed", "learned", "validated"},
+              f"model.tema.fusion must be fixed, learned or validated, got {self.fusion!r}")
         check(self.fusion == "fixed" or self.views == "multi" or len(self.modalities) > 1,
-              "model.tema.fusion=learned has no weight to learn with one view (views=merged) and one modality; "
-              "use fusion=fixed or add a modality")
+              f"model.tema.fusion={self.fusion} has no weight to learn with one view (views=merged) and one "
+              "modality; use fusion=fixed or add a modality")
 
     def check_with(self, model: ModelConfig) -> None:
         """What needs the shared model settings too (ModelConfig calls it for the selected model's section)."""
@@ -132,7 +135,7 @@ class TEMA(SequentialModel):
         V, M, D = self.n_views, len(self.modalities), cfg.dim
         self.register_buffer("log_alpha", torch.log(torch.tensor([self.alpha[m] for m in self.modalities])),
                              persistent=False)  # (M,) the paper's alpha, eq. (13)
-        if s.fusion == "learned":
+        if s.fusion != "fixed":
             self.fusion = LearnedFusion(self.paper_view_weights(), self.log_alpha.exp())
         self.items = ItemEmbeddings(D, ctx, self.modalities, fuse=s.item_fusion, zero_cold=s.cold_ids == "zero")
         self._item_cache: dict[int, torch.Tensor] = {}  # domain -> (M, N, D) while frozen, see domain_items
@@ -349,8 +352,8 @@ class TEMA(SequentialModel):
 
     def fusion_weights(self, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
         """log w_V (V,) and log alpha_m (M,) of eq. (16) for target ``domain``: the paper's (``model.tema.fusion =
-        fixed``) or the learned ones."""
-        if self.settings.fusion == "learned":
+        fixed``) or the learned / validated ones."""
+        if self.settings.fusion != "fixed":
             return self.fusion(domain)
         w = view_weights(self.settings.views, self.settings.view_reading, self.settings.lambdas, domain)
         return torch.tensor([math.log(x) if x > 0 else -math.inf for x in w], device=self.log_alpha.device), \
@@ -374,9 +377,9 @@ class TEMA(SequentialModel):
         return log_w[:, None] + log_a[None, :]
 
     def learned_summary(self) -> dict[str, Any]:
-        """With ``model.tema.fusion = learned``: the trained weights of eq. (16) for reports, per target domain
-        each view's w_V (on the paper's scale, 1 + lambda1 + lambda2 in all) and each modality's alpha_m."""
-        if self.settings.fusion != "learned":
+        """With ``model.tema.fusion = learned | validated``: the fitted weights of eq. (16) for reports, per target
+        domain each view's w_V (on the paper's scale, 1 + lambda1 + lambda2 in all) and each modality's alpha_m."""
+        if self.settings.fusion == "fixed":
             return {}
         d0, d1 = self.ctx.domains
         names = [d0, d1, f"{d0}+{d1}"] if self.n_views == 3 else [f"{d0}+{d1}"]
@@ -388,6 +391,59 @@ class TEMA(SequentialModel):
                                            "modalities": {m: round(float(x), 4)
                                                           for m, x in zip(self.modalities, log_a.exp())}}
         return {"fusion": out}
+
+    @torch.no_grad()
+    def target_head_log_probs(self, history: torch.Tensor, domain: int, target: torch.Tensor) -> torch.Tensor:
+        """log P_m^V(target) (V, M, B) of every head over the domain's whole catalogue (eqs. 12-13), for histories
+        (B, L) and their targets (B,) (local indices in ``domain``)."""
+        h = self.scaled(self.final_states(history))  # (V, M, B, D)
+        cand = self.domain_candidates(domain)  # (M, N, D)
+        out = h.new_empty(h.shape[:3])
+        for v in range(h.shape[0]):
+            for m in range(h.shape[1]):
+                z = h[v, m] @ cand[m].T  # (B, N)
+                out[v, m] = z.gather(1, target[:, None])[:, 0] - z.logsumexp(-1)
+        return out
+
+    def fit_on_validation(self, batches: Iterable[tuple[torch.Tensor, int, torch.Tensor]]) -> bool:
+        """``model.tema.fusion = validated``: fit eq. (16)'s view and modality weights, per target domain, to the
+        validation split (docs/DESIGN.md, "Validated fusion"). ``batches`` yields (histories (B, L), target domain,
+        targets (B,) local indices). Returns whether anything was fitted (the run layer then saves the weights)."""
+        if self.settings.fusion != "validated":
+            return False
+        self.eval()
+        heads: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+        for history, domain, target in batches:
+            heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
+        for d, parts in heads.items():
+            if parts:
+                self._fit_fusion(d, torch.cat(parts, 2))
+        self._item_cache.clear()
+        return True
+
+    def _fit_fusion(self, domain: int, heads: torch.Tensor) -> None:
+        """Maximise the validation likelihood of eq. (16)'s normalised mixture, -mean log sum_{V,m} (w_V / s) alpha_m
+        P_m^V(target), over target ``domain``'s weights only (heads (V, M, B) held fixed); L-BFGS, a few dozen
+        steps: 2 (V + M) numbers against thousands of targets."""
+        params = [self.fusion.view_logits, self.fusion.alpha_logits]
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            log_w, log_a = self.fusion(domain)
+            terms = (log_w[:, None] + log_a[None, :])[:, :, None] + heads  # (V, M, B)
+            loss = -(terms.logsumexp((0, 1)) - self.fusion.log_total[domain]).mean()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            before = closure().item()
+            opt.step(closure)
+            after = closure().item()
+        log.info("validated fusion, %s target: validation log-likelihood %.4f -> %.4f", self.ctx.domains[domain],
+                 -before, -after)
+        for p in params:
+            p.grad = None
 
     def weighted_head_log_probs(self, heads: torch.Tensor, domain: int, views: list[int] | None = None,
                                 modalities: list[int] | None = None,
