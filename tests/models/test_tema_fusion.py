@@ -114,14 +114,16 @@ def test_learned_weights_move_when_overfitting_and_the_scores_follow_them(overfi
 
 
 def test_bad_fusion_settings_are_one_line_errors(generated_dataset, tmp_path, capsys):
-    with pytest.raises(ValueError, match="fusion must be fixed or learned"):
+    with pytest.raises(ValueError, match="fusion must be fixed, learned or validated"):
         TemaSettings(fusion="gate")
     with pytest.raises(ValueError, match="no weight to learn"):
         TemaSettings(fusion="learned", views="merged", modalities=("id",))
+    with pytest.raises(ValueError, match="no weight to learn"):
+        TemaSettings(fusion="validated", views="merged", modalities=("id",))
     code = main(["train", "--dataset", str(generated_dataset), "--model", "tema", "--out", str(tmp_path / "r"),
                  "--set", "model.tema.fusion=mixed"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "model.tema.fusion must be fixed or learned" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "model.tema.fusion must be fixed, learned or validated" in err
     assert not (tmp_path / "r").exists()
 
 
