@@ -6,7 +6,7 @@ A bench folder holds::
     runs/{variant}/seed{s}/    one ``temarec train`` run folder per variant and seed
     results.json               {"protocol": {variant: ...}, "results": {variant: {"seeds", "mean", "std",
                                "timing"}}}; mean/std are {split: {protocol: {domain: {metric: value}}}}
-    results.md                 Tables II/III layout: rows = variants; MRR, NDCG@5, NDCG@10 per domain, in %,
+    results.md                 Tables II/III layout: rows = variants; MRR, NDCG@5, NDCG@10, HR@10 per domain, in %,
                                mean ± std over seeds; one table per protocol (sampled, full)
     metrics.png                test MRR per variant and domain, std error bars (one panel per protocol)
     curves.png                 validation MRR and training loss per epoch, one line per run
@@ -35,7 +35,7 @@ from temarec.significance import SLICES, format_p, read_ranks, significance_repo
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("mrr", "ndcg@5", "ndcg@10")  # the columns of the paper's Tables II/III
+TABLE_METRICS = ("mrr", "ndcg@5", "ndcg@10", "hr@10")  # the paper's Tables II/III columns, and HR@10 (issue 13)
 AGG_METRICS = ("mrr", "ndcg@5", "ndcg@10", "hr@1", "hr@5", "hr@10")
 SPLITS = ("valid", "test")
 
@@ -242,7 +242,7 @@ def _cell(mean: float, std: float | None) -> str:
 
 
 def format_table(results: dict[str, Any], split: str, protocol: str) -> str:
-    """Markdown table: one row per variant; MRR, NDCG@5, NDCG@10 of each domain in %, mean ± std."""
+    """Markdown table: one row per variant; MRR, NDCG@5, NDCG@10, HR@10 of each domain in %, mean ± std."""
     variants = results["results"]
     domains = list(next(iter(variants.values()))["mean"][split][protocol])
     cols = [f"{d} {m.upper()}" for d in domains for m in TABLE_METRICS]
