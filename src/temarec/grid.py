@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from temarec.config import RUNTIME_SETTINGS, Config, upgrade_config
+from temarec.config import RUNTIME_SETTINGS, Config
 from temarec.data.dataset import Dataset
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
@@ -131,7 +131,9 @@ def _check_same_config(run: Path, cfg: Config) -> None:
     path = run / "config.json"
     if not path.is_file():
         return
-    diff = [k for k in cfg.changed_from(upgrade_config(json.loads(path.read_text()))) if k not in RUNTIME_SETTINGS]
+    from temarec.runs import read_config  # (torch is imported only where a run is read)
+
+    diff = [k for k in cfg.changed_from(read_config(run)) if k not in RUNTIME_SETTINGS]
     if diff:
         raise ValueError(f"{run} was trained with a different config ({', '.join(diff)}); "
                          "bench into another --out, or delete that run folder to retrain it")
@@ -143,9 +145,11 @@ def summarise(out_dir: str | Path) -> dict[str, Any]:
     runs = _finished_runs(out)
     if not runs:
         raise ValueError(f"{out} holds no finished runs (runs/VARIANT/seedN/metrics.json); run `temarec bench`")
+    from temarec.runs import read_run_info
+
     results: dict[str, Any] = {"protocol": {}, "results": {}}
     for name, by_seed in runs.items():
-        metrics = {seed: json.loads((path / "metrics.json").read_text()) for seed, path in by_seed.items()}
+        metrics = {seed: read_run_info(path)[1] for seed, path in by_seed.items()}
         results["protocol"][name] = _variant_protocol(name, metrics)
         results["results"][name] = aggregate(metrics)
         results["results"][name]["still_improving_seeds"] = [s for s, path in by_seed.items()
@@ -165,7 +169,9 @@ def _stopped_while_improving(run: Path, metrics: dict[str, Any]) -> bool:
     epochs = metrics.get("timing", {}).get("epochs", 0)
     if not epochs or not (run / "config.json").is_file():
         return False
-    patience = json.loads((run / "config.json").read_text())["train"]["patience"]
+    from temarec.runs import read_config
+
+    patience = read_config(run)["train"]["patience"]
     return epochs - int(metrics.get("selected_epoch") or 0) < patience
 
 
