@@ -125,3 +125,20 @@ def test_run_info_and_metrics_are_read_through_the_run_layer(tmp_path):
     (run / "metrics.json").write_text('{"selected_epoch": ')
     with pytest.raises(ValueError, match=r"metrics\.json: not valid JSON .*train the run again"):
         read_run_info(run)
+
+
+def test_a_run_written_before_a_setting_existed_resumes(generated_dataset, tmp_path, tiny):
+    """config.json of an older version lacks settings added since; they read as their defaults, so --resume
+    accepts the run (it refused: "model.tema.encoders None -> 'separate'")."""
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny(**{"model.name": "tema", "model.tema.modalities": "id", "train.epochs": "1"}))
+    train_run(generated_dataset, cfg, out)
+    raw = json.loads((out / "config.json").read_text())
+    for key in ("encoders", "lora_rank", "lora_alpha", "fusion"):
+        del raw["model"]["tema"][key]
+    (out / "config.json").write_text(json.dumps(raw))
+    assert cfg.changed_from(raw) == {}
+    metrics = train_run(generated_dataset, cfg.replace(**{"train.epochs": "2"}), out, resume=True)
+    assert metrics["timing"]["epochs"] == 2
+    assert cfg.replace(**{"model.tema.fusion": "learned"}).changed_from(raw) == {"model.tema.fusion": ("fixed",
+                                                                                                       "learned")}

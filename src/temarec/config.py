@@ -242,7 +242,12 @@ class Config:
     def changed_from(self, old: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
         """{"section.key": (old value, this config's value)} for every setting that differs from ``old``, a
         config.json as written into a run folder (JSON values: tuples compare as lists); a model's own settings
-        are compared key by key ("model.tema.alpha")."""
+        are compared key by key ("model.tema.alpha"). A setting added since ``old`` was written is read as its
+        default (a new setting's default keeps the behaviour of the versions before it)."""
+        try:
+            old = json.loads(Config.from_dict(old).to_json())
+        except ValueError:  # a config this version cannot build: compare what is there
+            pass
         new, old = flatten(json.loads(self.to_json())), flatten(old)
         return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
 
