@@ -142,3 +142,16 @@ def test_a_run_written_before_a_setting_existed_resumes(generated_dataset, tmp_p
     assert metrics["timing"]["epochs"] == 2
     assert cfg.replace(**{"model.tema.fusion": "learned"}).changed_from(raw) == {"model.tema.fusion": ("fixed",
                                                                                                        "learned")}
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(generated_dataset, tmp_path, tiny):
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny(**{"model.name": "sasrec", "train.epochs": "30", "train.patience": "1",
+                                    "train.lr": "0.05"}))
+    first = train_run(generated_dataset, cfg, out)
+    epochs = first["timing"]["epochs"]
+    assert epochs < 30  # stopped early (a large lr overfits the small world within a few epochs)
+    again = train_run(generated_dataset, cfg, out, resume=True)
+    assert again["timing"]["epochs"] == epochs and again["test"] == first["test"]
+    longer = train_run(generated_dataset, cfg.replace(**{"train.patience": "2"}), out, resume=True)
+    assert longer["timing"]["epochs"] > epochs  # a larger patience trains on

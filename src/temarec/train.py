@@ -162,6 +162,10 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
             set_rng_states(state["rng"])
         log.info("resuming after epoch %d (best validation MRR %.4f at epoch %d)", state["epoch"], best["score"],
                  best["epoch"])
+        if bad_epochs >= cfg.train.patience:  # it had stopped early (a larger train.patience trains on)
+            log.info("the run had stopped early (no validation improvement for %d epochs): no more epochs",
+                     bad_epochs)
+            start_epoch = cfg.train.epochs + 1
     elif resume:
         log.info("%s holds no finished epoch: training from epoch 1", out)
         (out / LOG).unlink(missing_ok=True)

@@ -66,3 +66,14 @@ def test_a_validated_run_saves_the_fitted_weights_and_tests_with_them(generated_
     model, ds, loaded_cfg = load_run(out)
     assert model.learned_summary() == m["learned"]
     assert evaluate(model, ds, "test", loaded_cfg.eval, loaded_cfg.data.max_len) == m["test"]
+
+
+def test_the_fit_starts_from_the_papers_weights_whatever_the_checkpoint_holds():
+    model = make_model(fusion="validated", views="merged")
+    batch = [(HISTORY, 1, torch.tensor([0, 4, 2, 1]))]
+    model.fit_on_validation(batch)
+    fitted = model.log_head_weights(1).clone()
+    with torch.no_grad():  # e.g. weights saved under another parametrisation, or an earlier fit
+        model.fusion.alpha_logits.mul_(-3.0)
+    model.fit_on_validation(batch)
+    torch.testing.assert_close(model.log_head_weights(1), fitted)

@@ -412,6 +412,10 @@ class TEMA(SequentialModel):
         if self.settings.fusion != "validated":
             return False
         self.eval()
+        fresh = LearnedFusion(self.paper_view_weights(), self.log_alpha.exp().cpu())  # start at the paper's weights,
+        with torch.no_grad():  # whatever the checkpoint holds: the fit does not depend on an earlier one
+            self.fusion.view_logits.copy_(fresh.view_logits)
+            self.fusion.alpha_logits.copy_(fresh.alpha_logits)
         heads: dict[int, list[torch.Tensor]] = {0: [], 1: []}
         for history, domain, target in batches:
             heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
