@@ -67,3 +67,29 @@ def test_random_scorer_sampled_mrr_is_near_chance(generated_dataset):
     ranks = np.concatenate([rank_split(model, ds, s, EvalConfig(), 10).sampled for s in ("valid", "test")] * 1)
     # 600 instances: MRR of uniform ranks on 1..1000 has std ~ 0.03/sqrt(600); allow 4 sigma
     assert abs(mrr(ranks) - expected_random_mrr(1000)) < 4 * 0.0302 / math.sqrt(len(ranks))
+
+
+def test_ranking_builds_no_autograd_graph(generated_dataset):
+    """Evaluation scores under no_grad: a graph per batch would cost memory and disable TEMA's item cache."""
+    import torch
+
+    from temarec.config import EvalConfig
+    from temarec.data.dataset import Dataset
+    from temarec.evaluation import rank_split
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        name = "probe"
+
+        def __init__(self, n: tuple[int, int]):
+            super().__init__()
+            self.n, self.w = n, torch.nn.Parameter(torch.zeros(1))
+
+        def score_domain(self, history, domain):
+            seen.append(torch.is_grad_enabled())
+            return torch.zeros(len(history), self.n[domain]) + self.w
+
+    ds = Dataset.load(generated_dataset)
+    rank_split(Probe(ds.domain_sizes), ds, "valid", EvalConfig(), 10)
+    assert seen and not any(seen)

@@ -83,7 +83,6 @@ class Ranks:
     domain: np.ndarray  # 0/1 target domain
 
 
-@torch.no_grad()
 def split_batches(dataset: Dataset, split: str, batch_size: int, max_len: int,
                   device: torch.device | str = "cpu") -> Iterator[tuple[np.ndarray, torch.Tensor, int, torch.Tensor]]:
     """The instances of ``split``, domain by domain: (rows of the split (B,), left-padded histories (B, L) on
@@ -99,6 +98,7 @@ def split_batches(dataset: Dataset, split: str, batch_size: int, max_len: int,
             yield b, hist, d, torch.from_numpy(targets[b].astype(np.int64) - dataset.domain_offsets[d])
 
 
+@torch.no_grad()
 def rank_split(model: Scorer, dataset: Dataset, split: str, cfg: EvalConfig, max_len: int) -> Ranks:
     """Score every instance of ``split`` once per domain and rank its target under both protocols."""
     frame = dataset.split(split)
