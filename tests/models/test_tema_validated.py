@@ -34,6 +34,9 @@ def test_the_fit_raises_the_validation_likelihood_it_maximises_and_moves_only_th
     model = make_model(fusion="validated", views="merged")
     targets = torch.tensor([0, 4, 2, 1])
     heads = model.target_head_log_probs(HISTORY, 1, targets)  # (V, M, B) log P_m(target)
+    with torch.no_grad():  # each head's full-catalogue log-softmax at the target
+        full = model.head_log_probs(HISTORY, 1)  # (V, M, B, N)
+    torch.testing.assert_close(heads, full.gather(-1, targets.expand(*full.shape[:2], -1)[..., None])[..., 0])
 
     def likelihood():
         with torch.no_grad():

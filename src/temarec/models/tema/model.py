@@ -396,14 +396,9 @@ class TEMA(SequentialModel):
     def target_head_log_probs(self, history: torch.Tensor, domain: int, target: torch.Tensor) -> torch.Tensor:
         """log P_m^V(target) (V, M, B) of every head over the domain's whole catalogue (eqs. 12-13), for histories
         (B, L) and their targets (B,) (local indices in ``domain``)."""
-        h = self.scaled(self.final_states(history))  # (V, M, B, D)
-        cand = self.domain_candidates(domain)  # (M, N, D)
-        out = h.new_empty(h.shape[:3])
-        for v in range(h.shape[0]):
-            for m in range(h.shape[1]):
-                z = h[v, m] @ cand[m].T  # (B, N)
-                out[v, m] = z.gather(1, target[:, None])[:, 0] - z.logsumexp(-1)
-        return out
+        parts = self.score_parts(history, domain)[1]  # each head's scaled state and log-normaliser
+        picked = (parts.states * self.domain_candidates(domain)[:, target][None]).sum(-1)  # (V, M, B) Sim / tau
+        return picked - parts.log_norm
 
     def fit_on_validation(self, batches: Iterable[tuple[torch.Tensor, int, torch.Tensor]]) -> bool:
         """``model.tema.fusion = validated``: fit eq. (16)'s view and modality weights, per target domain, to the
