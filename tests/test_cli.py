@@ -43,3 +43,24 @@ def test_importing_temarec_does_not_load_torch():
     code = "import sys, temarec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_train_and_bench_give_each_model_its_training_defaults_unless_set(monkeypatch, tmp_path):
+    import temarec.grid
+    import temarec.runs
+
+    seen = []
+    monkeypatch.setattr(temarec.runs, "train_run", lambda data, cfg, out, resume=False: seen.append(cfg) or {})
+    assert main(["train", "--dataset", "D", "--model", "srgnn", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--dataset", "D", "--model", "srgnn", "--out", str(tmp_path / "b"),
+                 "--set", "train.batch_size=64"]) == 0
+    assert [c.train.batch_size for c in seen] == [100, 64]
+
+    rows = []
+    monkeypatch.setattr(temarec.grid, "run_grid", lambda data, variants, seeds, out, cfg: rows.append((variants, cfg)))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.md").write_text("")
+    assert main(["bench", "--dataset", "D", "--models", "sasrec,pinet", "--out", str(tmp_path / "c")]) == 0
+    variants, base = rows[0]
+    assert variants == [("sasrec", {"model.name": "sasrec"}), ("pinet", {"model.name": "pinet", "train.batch_size": "128"})]
+    assert base.train.batch_size == 256  # SASRec's row is not given π-Net's batch

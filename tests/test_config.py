@@ -77,3 +77,16 @@ def test_optimizer_is_adam_or_adamw():
     assert load_config(None, ["train.optimizer=adamw"]).train.optimizer == "adamw"
     with pytest.raises(ValueError, match="train.optimizer must be adam or adamw"):
         load_config(None, ["train.optimizer=sgd"])
+
+
+def test_a_models_training_defaults_apply_unless_the_user_sets_them(tmp_path):
+    assert load_config(None, ["model.name=pinet"]).train.batch_size == 128  # π-Net's code trains on 128 per step
+    assert load_config(None, ["model.name=srgnn"]).train.batch_size == 100
+    assert load_config(None, ["model.name=sasrec"]).train.batch_size == 256  # no defaults of its own
+    assert load_config(None, ["model.name=pinet", "train.batch_size=256"]).train.batch_size == 256
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: pinet\ntrain:\n  batch_size: 256\n")
+    assert load_config(path).train.batch_size == 256
+    path.write_text("model:\n  name: pinet\n")
+    assert load_config(path).train.batch_size == 128
+    assert load_config(path, model_defaults=False).train.batch_size == 256

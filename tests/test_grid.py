@@ -52,6 +52,10 @@ def test_seed_list_and_model_variants():
     assert bench.model_variants("pop, sasrec") == [("pop", {"model.name": "pop"}), ("sasrec", {"model.name": "sasrec"})]
     with pytest.raises(ValueError, match="--models"):
         bench.model_variants("pop,pop")
+    # a row trains with its model's own training defaults (SR-GNN's batch of 100) unless the user set them
+    assert bench.model_variants("srgnn,pinet") == [("srgnn", {"model.name": "srgnn", "train.batch_size": "100"}),
+                                                   ("pinet", {"model.name": "pinet", "train.batch_size": "128"})]
+    assert bench.model_variants("srgnn", frozenset({"train.batch_size"})) == [("srgnn", {"model.name": "srgnn"})]
 
 
 def test_every_model_and_seed_has_a_run_folder(benched):

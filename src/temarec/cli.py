@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from temarec import __version__
-from temarec.config import load_config
+from temarec.config import explicit_keys, load_config, read_yaml
 from temarec.models.registry import model_names
 
 log = logging.getLogger("temarec")
@@ -45,9 +45,7 @@ def _config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from temarec.runs import train_run
 
-    cfg = _config(args)
-    if args.model:
-        cfg = cfg.replace(**{"model.name": args.model})
+    cfg = load_config(args.config, [*(args.set or []), *([f"model.name={args.model}"] if args.model else [])])
     metrics = train_run(args.dataset, cfg, args.out, resume=args.resume)
     from temarec.evaluation import format_report
 
@@ -83,11 +81,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if not args.dataset:
         raise ValueError("--dataset is required (unless --summarise)")
-    cfg = _config(args)
+    cfg = load_config(args.config, args.set, model_defaults=False)  # each row adds its model's own
     seeds = seed_list(args.seeds)
     models = args.models if args.models is not None else ("" if args.ablations else "pop,gru4rec,sasrec")
     if models:
-        run_grid(args.dataset, model_variants(models), seeds, out, cfg)
+        explicit = explicit_keys(read_yaml(args.config) if args.config else {}, args.set)
+        run_grid(args.dataset, model_variants(models, explicit), seeds, out, cfg)
         print((out / "results.md").read_text(), end="")
     if args.ablations:
         from temarec.ablations import run_ablations

@@ -388,10 +388,32 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- ``--set`` overrides, validated."""
-    cfg = Config.from_dict(read_yaml(path) if path is not None else {})
-    return cfg.replace(**parse_overrides(overrides)) if overrides else cfg
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                model_defaults: bool = True) -> Config:
+    """Defaults <- the model's training defaults <- YAML file <- ``--set`` overrides, validated.
+
+    ``model_defaults=False`` leaves out the model's ``train_defaults`` (``bench`` adds each row's own)."""
+    raw = read_yaml(path) if path is not None else {}
+    cfg = Config.from_dict(raw)
+    cfg = cfg.replace(**parse_overrides(overrides)) if overrides else cfg
+    if not model_defaults:
+        return cfg
+    own = model_train_defaults(cfg.model.name, explicit_keys(raw, overrides))
+    return cfg.replace(**own) if own else cfg
+
+
+def explicit_keys(raw: dict[str, Any], overrides: list[str] | None) -> frozenset[str]:
+    """The "section.key" names a user gave, in a YAML file's sections ``raw`` or as ``--set`` overrides."""
+    return frozenset(flatten(raw)) | frozenset(parse_overrides(overrides))
+
+
+def model_train_defaults(name: str, explicit: frozenset[str] = frozenset()) -> dict[str, str]:
+    """{"train.batch_size": "128"}: the ``train.*`` values model ``name`` trains with by default (its paper's, see
+    ``SequentialModel.train_defaults``), less those the user set (``explicit``)."""
+    from temarec.models.registry import model_class
+
+    own = getattr(model_class(name), "train_defaults", {})
+    return {f"train.{k}": str(v) for k, v in own.items() if f"train.{k}" not in explicit}
 
 
 def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:

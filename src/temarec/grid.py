@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from temarec.config import RUNTIME_SETTINGS, Config
+from temarec.config import RUNTIME_SETTINGS, Config, model_train_defaults
 from temarec.data.dataset import Dataset
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
@@ -60,13 +60,14 @@ def seed_list(spec: str | int) -> list[int]:
     return seeds
 
 
-def model_variants(models: str | Sequence[str]) -> list[Variant]:
-    """``"pop,sasrec"`` -> [("pop", {"model.name": "pop"}), ("sasrec", {"model.name": "sasrec"})]."""
+def model_variants(models: str | Sequence[str], explicit: frozenset[str] = frozenset()) -> list[Variant]:
+    """``"pop,srgnn"`` -> [("pop", {"model.name": "pop"}), ("srgnn", {"model.name": "srgnn", "train.batch_size":
+    "100"})]: each row with its model's training defaults, less the settings the user gave (``explicit``)."""
     names = [m.strip() for m in models.split(",")] if isinstance(models, str) else [str(m).strip() for m in models]
     names = [n for n in names if n]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"--models needs one or more distinct model names (e.g. pop,gru4rec,sasrec), got {models!r}")
-    return [(n, {"model.name": n}) for n in names]
+    return [(n, {"model.name": n, **model_train_defaults(n, explicit)}) for n in names]
 
 
 def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:

@@ -48,12 +48,15 @@ class SequentialModel(nn.Module):
     lists models) and implement ``training_loss`` and ``score_domain``. Models with no parameters to learn
     (random, pop) set ``trainable = False`` and are fitted in ``fit_statistics``. A model with settings of its own
     sets ``settings_class`` to a frozen dataclass (validated in its ``__post_init__``); the user sets them in the
-    config section ``model.<name>`` and the model reads them as ``self.settings``.
+    config section ``model.<name>`` and the model reads them as ``self.settings``. ``train_defaults`` holds the
+    ``train.*`` values a model trains with unless the user sets them (its paper's batch size, say): config files
+    and ``--set`` still win (``config.model_train_defaults``).
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
     settings_class: ClassVar[type | None] = None
+    train_defaults: ClassVar[dict[str, Any]] = {}
     # serving: True when scores are state(history) @ item matrix (see ``state_module``); else why not, for users
     factorizable: ClassVar[bool] = False
     not_factorizable: ClassVar[str] = "has no state @ item-matrix form"

@@ -96,6 +96,7 @@ class PiNet(SequentialModel):
 
     name = "pinet"
     settings_class = PiNetSettings
+    train_defaults = {"batch_size": 128}  # the official code's 128 per step (docs/DESIGN.md)
     not_factorizable = "scores each domain from a different state ([h_e; h_{d->e}]), not one state vector"
 
     settings: PiNetSettings

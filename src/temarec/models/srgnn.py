@@ -170,6 +170,7 @@ class SRGNN(SequentialModel):
 
     name = "srgnn"
     settings_class = SRGNNSettings
+    train_defaults = {"batch_size": 100}  # the official code's --batchSize 100 (docs/DESIGN.md)
     not_factorizable = ("builds a graph per history with data-dependent shapes (nonzero, unique), which an ONNX "
                         "trace cannot follow")
 
