@@ -13,6 +13,7 @@ come later in the training window, including whether the next target is one of t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,3 +105,11 @@ class SequenceEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_final(x), inputs
+
+
+def view_encoders(cfg: Any, ctx: Any) -> tuple[SequenceEncoder, nn.ModuleList]:
+    """One ``SequenceEncoder`` over the merged history (every item's row) and one per domain view (its own items'),
+    built in that order, at the shared ``model`` sizes (``cfg`` a ModelConfig, ``ctx`` a ModelContext)."""
+    args = (cfg.dim, cfg.layers, cfg.heads, cfg.dropout, ctx.max_len)
+    merged = SequenceEncoder(1 + ctx.n_items, *args)
+    return merged, nn.ModuleList(SequenceEncoder(1 + n, *args) for n in ctx.domain_sizes)

@@ -28,8 +28,8 @@ from torch.nn import functional as F
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
-from temarec.models.domain_views import (DomainView, SequenceEncoder, domain_view, gather_time, local_ids,
-                                         prefix_mean)
+from temarec.models.domain_views import (DomainView, domain_view, gather_time, local_ids, prefix_mean,
+                                         view_encoders)
 from temarec.models.attention import FeedForward
 
 
@@ -160,9 +160,7 @@ class MAN(SequentialModel):
     def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)
         D, s = cfg.dim, self.settings
-        args = (D, cfg.layers, cfg.heads, cfg.dropout, ctx.max_len)
-        self.global_encoder = SequenceEncoder(1 + ctx.n_items, *args)
-        self.local_encoders = nn.ModuleList(SequenceEncoder(1 + n, *args) for n in ctx.domain_sizes)
+        self.global_encoder, self.local_encoders = view_encoders(cfg, ctx)
         self.prototypes = nn.Parameter(torch.randn(s.num_groups, D) * 0.02)  # shared by both domains
         self.fusion = nn.ModuleList(FusionAttention(D, cfg.dropout) for _ in range(2))
         self.groups = nn.ModuleList(GroupAttention(D, cfg.dropout) for _ in range(2))

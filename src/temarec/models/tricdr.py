@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
-from temarec.models.domain_views import SequenceEncoder, domain_view, gather_time, local_ids, prefix_mean
+from temarec.models.domain_views import domain_view, gather_time, local_ids, prefix_mean, view_encoders
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,7 @@ class TriCDR(SequentialModel):
     def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)
         D, s = cfg.dim, self.settings
-        args = (D, cfg.layers, cfg.heads, cfg.dropout, ctx.max_len)
-        self.mixed = SequenceEncoder(1 + ctx.n_items, *args)
-        self.domain_encoders = nn.ModuleList(SequenceEncoder(1 + n, *args) for n in ctx.domain_sizes)
+        self.mixed, self.domain_encoders = view_encoders(cfg, ctx)
         self.heads = nn.ModuleList(TargetHead(D, s.attention_hidden) for _ in range(2))
 
     def encode(self, seqs: torch.Tensor) -> Encoded:
