@@ -113,3 +113,19 @@ def test_oversized_bodies_are_refused_with_413_by_length_and_when_streamed(clien
     assert r.status_code == 413
     r = c.post("/recommend", content=b"{}", headers={"content-type": "application/json", "content-length": "abc"})
     assert r.status_code == 400
+
+
+def test_serving_freezes_the_loaded_run_out_of_the_garbage_collector(recommender):
+    """Full collections would walk the loaded run's objects on every pass (100-200 ms pauses with TEMA)."""
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from temarec.serve.app import create_app
+
+    gc.unfreeze()
+    app = create_app(recommender("sasrec"))
+    with TestClient(app) as c:
+        assert gc.get_freeze_count() > 0  # the app, the model and the item tables are in the permanent generation
+        assert c.post("/recommend", json={"history": [], "domain": app.state.recommender.domains[0]}).status_code == 200
+    assert gc.get_freeze_count() == 0  # shut down: nothing stays frozen

@@ -24,6 +24,7 @@ on one worker thread; ``/health``, ``/metadata`` and ``/items`` answer meanwhile
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -203,8 +204,16 @@ def create_app(recommender: Recommender | str | Path, limits: Limits | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        batcher.close()
+        # The loaded run is ~200k long-lived Python objects (TEMA on C2DSR): every full collection walked them all,
+        # a 100-200 ms pause of the event loop and the batcher a few times per 2,000 requests (the p99 tail of the
+        # quiet load tests, docs/BENCHMARKS.md). Frozen, collections see only what requests allocate.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            batcher.close()
+            gc.unfreeze()
 
     app = FastAPI(title="temarec", version="1", summary=f"{rec.model_name} recommendations on {rec.dataset_name}",
                   responses=every_route, lifespan=lifespan)
