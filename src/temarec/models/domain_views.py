@@ -13,12 +13,12 @@ come later in the training window, including whether the next target is one of t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from temarec.models.base import domain_of_ids
+from temarec.config import ModelConfig
+from temarec.models.base import ModelContext, domain_of_ids
 from temarec.models.attention import Block, attention_mask
 
 
@@ -107,9 +107,9 @@ class SequenceEncoder(nn.Module):
         return self.ln_final(x), inputs
 
 
-def view_encoders(cfg: Any, ctx: Any) -> tuple[SequenceEncoder, nn.ModuleList]:
+def view_encoders(cfg: ModelConfig, ctx: ModelContext) -> tuple[SequenceEncoder, nn.ModuleList]:
     """One ``SequenceEncoder`` over the merged history (every item's row) and one per domain view (its own items'),
-    built in that order, at the shared ``model`` sizes (``cfg`` a ModelConfig, ``ctx`` a ModelContext)."""
+    built in that order, at the shared ``model`` sizes."""
     args = (cfg.dim, cfg.layers, cfg.heads, cfg.dropout, ctx.max_len)
     merged = SequenceEncoder(1 + ctx.n_items, *args)
     return merged, nn.ModuleList(SequenceEncoder(1 + n, *args) for n in ctx.domain_sizes)
