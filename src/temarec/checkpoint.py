@@ -34,12 +34,16 @@ def save_weights(model: SequentialModel, path: Path) -> None:
 
 
 def load_weights(model: SequentialModel, path: Path) -> None:
+    set_weights(model, load_file_tensors(path), path)
+
+
+def load_file_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors weights file, or a ValueError that says the file is damaged."""
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read these weights ({exc}); the file is damaged or cut short: retrain "
                          "with `temarec train`, or resume the run if its last_state.pt is intact") from exc
-    set_weights(model, tensors, path)
 
 
 def set_weights(model: SequentialModel, tensors: dict[str, torch.Tensor], source: Path) -> None:

@@ -63,6 +63,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refit(args: argparse.Namespace) -> int:
+    from temarec.config import parse_overrides
+    from temarec.evaluation import format_report
+    from temarec.runs import refit_run
+
+    if not args.set:
+        raise ValueError("refit needs at least one --set, e.g. --set model.tema.fusion=validated")
+    print(format_report(refit_run(args.run, args.out, parse_overrides(args.set))))
+    return 0
+
+
 def cmd_negatives(args: argparse.Namespace) -> int:
     from temarec.data.dataset import write_negatives
 
@@ -315,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--negatives", help="negatives preset of the sampled protocol (c2dsr | abxi); default: the run's")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("refit", help="re-fit what a trained run fits on validation (TEMA's fusion weights) under "
+                                     "changed settings, into a new run folder, without retraining")
+    p.add_argument("--run", required=True, help="finished run folder written by `temarec train`")
+    p.add_argument("--out", required=True, help="new run folder to write")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="model.tema.fusion=validated and/or model.tema.fusion_fit=likelihood|mrr (repeatable)")
+    p.set_defaults(func=cmd_refit)
 
     p = sub.add_parser("negatives", help="store the sampled protocol's negatives presets a dataset folder lacks")
     p.add_argument("--dataset", required=True, help="dataset folder written by `temarec prepare`")

@@ -36,13 +36,13 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 
-from temarec.checkpoint import load_state, load_weights, save_weights
+from temarec.checkpoint import load_file_tensors, load_state, load_weights, save_weights, set_weights
 from temarec.config import RESUMABLE_SETTINGS, Config, upgrade_config
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset, missing_target_domains
 from temarec.evaluation import evaluate, evaluate_with_ranks, format_report, split_batches
@@ -206,32 +206,93 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
             raise ValueError(f"{out}: no epoch gave a finite validation MRR, so no checkpoint was selected (the "
                              "loss diverged? see metrics.jsonl); train again with a lower train.lr")
         load_weights(model, out / "model.safetensors")
-        device = cfg.train.device
-        if model.fit_on_validation((hist, d, tgt.to(device)) for _, hist, d, tgt in
-                                   split_batches(dataset, "valid", cfg.eval.batch_size, cfg.data.max_len, device)):
+        if model.fit_on_validation(validation_batches(dataset, cfg)):
             save_weights(model, out / "model.safetensors")  # the selected checkpoint, with what it fitted
     else:
         save_weights(model, out / "model.safetensors")
     train_s = time.perf_counter() - t0
-    valid, valid_ranks = evaluate_with_ranks(model, dataset, "valid", cfg.eval, cfg.data.max_len)
-    # test: once, for the selected checkpoint
-    test, test_ranks = evaluate_with_ranks(model, dataset, "test", cfg.eval, cfg.data.max_len)
-    write_parquet_atomic(out / RANKS_FILE, pd.concat([valid_ranks, test_ranks], ignore_index=True))
-    metrics = {
-        "protocol": info,
-        "selected_epoch": best["epoch"],
-        **learned_info(model),
-        "valid": valid,
-        "test": test,
-        "timing": {"train_s": round(train_s, 2),
-                   "epoch_s_median": round(statistics.median(epoch_times), 3) if epoch_times else 0.0,
-                   "epochs": len(epoch_times), "peak_rss_mb": round(peak_rss_mb(), 1),
-                   "world_size": dist.world, "threads": torch.get_num_threads()},
-    }
-    write_json_atomic(out / "metrics.json", metrics)
-    write_text_atomic(out / "README.md", model_card(cfg, dataset, metrics))
+    timing = {"train_s": round(train_s, 2),
+              "epoch_s_median": round(statistics.median(epoch_times), 3) if epoch_times else 0.0,
+              "epochs": len(epoch_times), "peak_rss_mb": 0.0, "world_size": dist.world,
+              "threads": torch.get_num_threads()}
+    metrics = score_run(model, dataset, cfg, out, info, best["epoch"], timing)
     dist.close()
     return metrics
+
+
+def score_run(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, info: dict[str, Any],
+              selected_epoch: int, timing: dict[str, Any]) -> dict[str, Any]:
+    """Score the selected checkpoint on validation and, once, on test; write ranks.parquet, metrics.json and the
+    model card into the run folder ``out``. ``timing`` is completed with the peak RSS."""
+    valid, valid_ranks = evaluate_with_ranks(model, dataset, "valid", cfg.eval, cfg.data.max_len)
+    test, test_ranks = evaluate_with_ranks(model, dataset, "test", cfg.eval, cfg.data.max_len)
+    write_parquet_atomic(out / RANKS_FILE, pd.concat([valid_ranks, test_ranks], ignore_index=True))
+    metrics = {"protocol": info, "selected_epoch": selected_epoch, **learned_info(model), "valid": valid,
+               "test": test, "timing": {**timing, "peak_rss_mb": round(peak_rss_mb(), 1)}}
+    write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "README.md", model_card(cfg, dataset, metrics))
+    return metrics
+
+
+# what `refit` may change: settings of what a model fits on validation after training, not of what it trained
+REFIT_SETTINGS = frozenset({"model.tema.fusion", "model.tema.fusion_fit"})
+
+
+def refit_run(run_dir: str | Path, out_dir: str | Path, overrides: dict[str, str]) -> dict[str, Any]:
+    """A finished run, re-fitted on validation under changed ``REFIT_SETTINGS`` (TEMA's fusion: ``fixed`` ->
+    ``validated``, or another ``fusion_fit``), written as a new run folder ``out_dir`` without retraining: the
+    selected checkpoint's weights, parameters the new settings add at their initial values (validated fusion
+    starts at the paper's weights), ``fit_on_validation``, then valid and test scored as after training."""
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / "metrics.json").is_file():
+        raise ValueError(f"{run} is not a finished run (no metrics.json); refit needs a trained run")
+    if out.resolve() == run.resolve() or out.exists():
+        raise ValueError(f"--out {out} exists; refit writes a new run folder, give another path")
+    fixed = sorted(k for k in overrides if k not in REFIT_SETTINGS)
+    if fixed:
+        raise ValueError(f"refit may change only {', '.join(sorted(REFIT_SETTINGS))} (what a model fits on "
+                         f"validation after training), not {', '.join(fixed)}: train a new run for those")
+    old = Config.from_dict(read_config(run))
+    cfg = old.replace(**overrides)
+    if getattr(cfg.model.settings, "fusion", None) == "learned":
+        raise ValueError("refit cannot make fusion=learned: those weights are trained with the model; use "
+                         "model.tema.fusion=validated")
+    dataset = Dataset.load(dataset_root(run))
+    check_run_items(run, dataset)
+    model = build_model(dataset, cfg)
+    tensors = load_file_tensors(run / "model.safetensors")
+    fresh = model.state_dict()
+    added = [k for k in fresh if k not in tensors]
+    tensors = {k: v for k, v in tensors.items() if k in fresh or k.startswith("extra.")}
+    tensors.update({k: fresh[k] for k in added})
+    set_weights(model, tensors, run / "model.safetensors")
+    model.eval()
+    metrics_before = read_json(run / "metrics.json", _DAMAGED)
+    with atomic_dir(out) as tmp:
+        for item in run.iterdir():
+            if item.name not in {"metrics.json", RANKS_FILE, "model.safetensors", "README.md", "last_state.pt",
+                                 "last.safetensors"}:
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        write_json_atomic(tmp / "config.json", cfg.to_dict())
+        meta = read_json(run / "run.json", _DAMAGED)
+        write_json_atomic(tmp / "run.json", {**meta, "refit": {"from": str(run.resolve()),
+                                                               "changed": dict(sorted(overrides.items()))}})
+        model.fit_on_validation(validation_batches(dataset, cfg))
+        save_weights(model, tmp / "model.safetensors")
+        timing = {k: v for k, v in metrics_before.get("timing", {}).items() if k != "peak_rss_mb"}
+        metrics = score_run(model, dataset, cfg, tmp, protocol_info(dataset, cfg, model),
+                            metrics_before.get("selected_epoch", 0), timing)
+    return metrics
+
+
+def validation_batches(dataset: Dataset, cfg: Config) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]:
+    """What ``SequentialModel.fit_on_validation`` reads: the validation split's (histories (B, L), target domain,
+    targets (B,), the sampled protocol's stored negatives (B, C)), indices local to the domain, on the device."""
+    negatives = dataset.negatives("valid", cfg.eval.negatives)
+    device = cfg.train.device
+    for b, hist, d, tgt in split_batches(dataset, "valid", cfg.eval.batch_size, cfg.data.max_len, device):
+        local = torch.from_numpy(negatives[b].astype(np.int64) - dataset.domain_offsets[d])
+        yield hist, d, tgt.to(device), local.to(device)
 
 
 def learned_info(model: SequentialModel) -> dict[str, Any]:

@@ -106,8 +106,9 @@ class SequentialModel(nn.Module):
 
     def fit_on_validation(self, batches: Any) -> bool:
         """After training, with the selected checkpoint: fit what a model fits on held-out data (TEMA's validated
-        fusion weights). ``batches`` yields (histories (B, L), target domain, targets (B,) local indices) of the
-        validation split. Returns whether anything changed (the run layer then saves the weights again)."""
+        fusion weights). ``batches`` yields (histories (B, L), target domain, targets (B,), the sampled protocol's
+        stored negatives (B, C)) of the validation split, indices local to the domain. Returns whether anything
+        changed (the run layer then saves the weights again)."""
         return False
 
     def extra_state(self) -> dict[str, torch.Tensor]:

@@ -23,7 +23,8 @@ from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.softmax import full_log_prob, sampled_log_prob
 from temarec.models.tema.encoders import view_gather
 from temarec.models.tema.explain import describe_sources, explain
-from temarec.models.tema.heads import MIN_TEMPERATURE, HeadParts, LearnedFusion, modality_weights, view_weights
+from temarec.models.tema.heads import (FUSION_SPEED, MIN_TEMPERATURE, HeadParts, LearnedFusion, modality_weights,
+                                      view_weights)
 from temarec.models.tema.items import CONTENT, MODALITIES, ItemEmbeddings, usable_modalities
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class TemaSettings:
     # validated = the paper's weights in training, then per target domain fitted on the validation split (the
     # same weights as learned; docs/DESIGN.md, "Validated fusion")
     fusion: str = "fixed"
+    # what validated fusion maximises on the validation split: likelihood = eq. (16)'s mixture likelihood of the
+    # targets; mrr = the sampled protocol's MRR (the harness's selection metric), by a grid over the weights (ours)
+    fusion_fit: str = "likelihood"
 
     def __post_init__(self) -> None:
         def check(condition: bool, message: str) -> None:
@@ -101,6 +105,10 @@ class TemaSettings:
         check(self.lora_alpha > 0, f"model.tema.lora_alpha must be > 0, got {self.lora_alpha}")
         check(self.fusion in {"fixed", "learned", "validated"},
               f"model.tema.fusion must be fixed, learned or validated, got {self.fusion!r}")
+        check(self.fusion_fit in {"likelihood", "mrr"},
+              f"model.tema.fusion_fit must be likelihood or mrr, got {self.fusion_fit!r}")
+        check(self.fusion_fit == "likelihood" or self.fusion == "validated",
+              "model.tema.fusion_fit=mrr chooses the weights of fusion=validated; set model.tema.fusion=validated")
         check(self.fusion == "fixed" or self.views == "multi" or len(self.modalities) > 1,
               f"model.tema.fusion={self.fusion} has no weight to learn with one view (views=merged) and one "
               "modality; use fusion=fixed or add a modality")
@@ -396,14 +404,26 @@ class TEMA(SequentialModel):
     def target_head_log_probs(self, history: torch.Tensor, domain: int, target: torch.Tensor) -> torch.Tensor:
         """log P_m^V(target) (V, M, B) of every head over the domain's whole catalogue (eqs. 12-13), for histories
         (B, L) and their targets (B,) (local indices in ``domain``)."""
-        parts = self.score_parts(history, domain)[1]  # each head's scaled state and log-normaliser
-        picked = (parts.states * self.domain_candidates(domain)[:, target][None]).sum(-1)  # (V, M, B) Sim / tau
-        return picked - parts.log_norm
+        return self.candidate_head_log_probs(history, domain, target[:, None])[..., 0]
 
-    def fit_on_validation(self, batches: Iterable[tuple[torch.Tensor, int, torch.Tensor]]) -> bool:
+    def candidate_head_log_probs(self, history: torch.Tensor, domain: int, items: torch.Tensor,
+                                 rows: int = 64) -> torch.Tensor:
+        """log P_m^V(item) (V, M, B, K) of every head over the domain's whole catalogue (eqs. 12-13), for histories
+        (B, L) and K items each (B, K) (local indices in ``domain``); ``rows`` histories at a time."""
+        parts = self.score_parts(history, domain)[1]  # each head's scaled state (V, M, B, D) and log-normaliser
+        cand = self.domain_candidates(domain)  # (M, N, D)
+        out = []
+        for start in range(0, history.size(0), rows):
+            b = slice(start, start + rows)
+            picked = torch.einsum("vmbd,mbkd->vmbk", parts.states[:, :, b], cand[:, items[b]])  # Sim / tau
+            out.append(picked - parts.log_norm[:, :, b, None])
+        return torch.cat(out, 2)
+
+    def fit_on_validation(self, batches: Iterable[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]) -> bool:
         """``model.tema.fusion = validated``: fit eq. (16)'s view and modality weights, per target domain, to the
         validation split (docs/DESIGN.md, "Validated fusion"). ``batches`` yields (histories (B, L), target domain,
-        targets (B,) local indices). Returns whether anything was fitted (the run layer then saves the weights)."""
+        targets (B,), the sampled protocol's negatives (B, C); local indices). Returns whether anything was fitted
+        (the run layer then saves the weights)."""
         if self.settings.fusion != "validated":
             return False
         self.eval()
@@ -411,14 +431,62 @@ class TEMA(SequentialModel):
         with torch.no_grad():  # whatever the checkpoint holds: the fit does not depend on an earlier one
             self.fusion.view_logits.copy_(fresh.view_logits)
             self.fusion.alpha_logits.copy_(fresh.alpha_logits)
+        by_mrr = self.settings.fusion_fit == "mrr"
         heads: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-        for history, domain, target in batches:
-            heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
+        jitter: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+        for history, domain, target, negatives in batches:
+            if by_mrr:  # the target (column 0) and its stored negatives, as the sampled protocol ranks them
+                items = torch.cat([target[:, None], negatives], 1)  # (B, 1 + C)
+                heads[domain].append(self.candidate_head_log_probs(history, domain, items))  # (V, M, B, 1 + C)
+                jitter[domain].append(self.domain_tie_break(domain)[items])  # (B, 1 + C)
+            else:
+                heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
         for d, parts in heads.items():
-            if parts:
+            if parts and by_mrr:
+                self._fit_fusion_mrr(d, torch.cat(parts, 2), torch.cat(jitter[d], 0))
+            elif parts:
                 self._fit_fusion(d, torch.cat(parts, 2))
         self._item_cache.clear()
         return True
+
+    @torch.no_grad()
+    def _fit_fusion_mrr(self, domain: int, heads: torch.Tensor, jitter: torch.Tensor, step: float = 0.1,
+                        rounds: int = 2) -> None:
+        """``fusion_fit = mrr``: the view and modality weights of target ``domain`` that maximise the sampled MRR
+        of the fused score over heads (V, M, B, 1 + C) log P_m^V (column 0 the target, ranked by ">" as the
+        evaluation does, ``jitter`` (B, 1 + C) its tie-break). Alternates a grid over the modality simplex (views
+        held) and one over the view simplex (modalities held), ``step`` apart, ``rounds`` times, from the paper's
+        weights; only a strictly better MRR moves them. Weights the paper sets to 0 stay 0."""
+        log_w, log_a = (t.detach().clone() for t in self.fusion(domain))  # (V,), (M,) the paper's
+        log_w = log_w - self.fusion.log_total[domain]  # on the simplex; the fused score's scale never ranks
+
+        def mrr(terms: torch.Tensor, log_weights: torch.Tensor) -> float:
+            score = (log_weights[:, None, None] + terms).logsumexp(0) + jitter  # (B, 1 + C)
+            rank = 1 + (score[:, 1:] > score[:, :1]).sum(1)
+            return float((1.0 / rank).mean())
+
+        best = mrr((log_w[:, None, None, None] + log_a[None, :, None, None] + heads).flatten(0, 1),
+                   torch.zeros(heads.size(0) * heads.size(1), dtype=heads.dtype))
+        start = best
+        for _ in range(rounds):
+            for axis in ("modalities", "views"):
+                weights, other = (log_a, log_w) if axis == "modalities" else (log_w, log_a)
+                if axis == "modalities":  # (M, B, K): each modality's heads mixed over the held view weights
+                    terms = (log_w[:, None, None, None] + heads).logsumexp(0)
+                else:  # (V, B, K)
+                    terms = (log_a[None, :, None, None] + heads).logsumexp(1)
+                for point in simplex_grid(int(torch.isfinite(weights).sum()), step):
+                    trial = torch.full_like(weights, -math.inf)
+                    trial[torch.isfinite(weights)] = torch.tensor(point, dtype=weights.dtype).clamp(min=1e-6).log()
+                    value = mrr(terms, trial)
+                    if value > best:
+                        best = value
+                        weights.copy_(trial)
+        off_w, off_a = self.fusion.view_off[domain], self.fusion.alpha_off[domain]
+        self.fusion.view_logits[domain] = log_w.masked_fill(off_w, 0.0) / FUSION_SPEED
+        self.fusion.alpha_logits[domain] = log_a.masked_fill(off_a, 0.0) / FUSION_SPEED
+        log.info("validated fusion (mrr), %s target: validation sampled MRR %.4f -> %.4f", self.ctx.domains[domain],
+                 start, best)
 
     def _fit_fusion(self, domain: int, heads: torch.Tensor) -> None:
         """Maximise the validation likelihood of eq. (16)'s normalised mixture, -mean log sum_{V,m} (w_V / s) alpha_m
@@ -500,3 +568,13 @@ class TEMA(SequentialModel):
     @classmethod
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
         return describe_sources(dataset, cfg)
+
+
+def simplex_grid(k: int, step: float) -> list[tuple[float, ...]]:
+    """Every k-vector of non-negative multiples of ``step`` summing to 1 (k = 3, step 0.1: 66 points)."""
+    n = round(1 / step)
+
+    def parts(k: int, left: int) -> list[tuple[int, ...]]:
+        return [(left,)] if k == 1 else [(i, *rest) for i in range(left + 1) for rest in parts(k - 1, left - i)]
+
+    return [tuple(i / n for i in p) for p in parts(k, n)] if k > 0 else []
