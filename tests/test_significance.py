@@ -80,3 +80,12 @@ def test_report_tests_each_model_against_the_best_other():
     assert out["a"]["against"] == "b" and out["b"]["against"] == "a" and out["c"]["against"] == "a"
     assert out["a"]["across_seeds"]["mean_diff"] > 0 > out["c"]["across_seeds"]["mean_diff"]
     assert best_other({"a": 0.1}, "a") is None
+
+
+def test_report_pairs_a_model_only_with_models_that_share_a_seed():
+    """Old runs without ranks for some seeds: a model is tested against the best other it has a seed in common with."""
+    frames = {"a": _frames({2: np.full(60, 1)}), "b": _frames({0: np.full(60, 3)}), "c": _frames({0: np.full(60, 9)})}
+    mean = {"sampled": {"Food": {"a": 1.0, "b": 1 / 3, "c": 1 / 9}}}
+    out = significance_report(frames, mean, ["Food"], protocols=("sampled",))["sampled"]["Food"]
+    assert "a" not in out  # no other model ran seed 2
+    assert out["b"]["against"] == "c" and out["c"]["against"] == "b"  # not a, the best overall

@@ -126,14 +126,16 @@ def significance_report(frames: dict[str, dict[int, pd.DataFrame]], mean_mrr: di
     """For every model with per-instance ranks, each domain and protocol: the paired test against the best other.
 
     ``frames``: {model: {seed: ranks frame}}; ``mean_mrr``: {protocol: {domain name: {model: mean test MRR}}}
-    picks the best other model per domain and protocol. Models without ranks (old runs) are left out.
+    picks the best other model per domain and protocol, among those with ranks of a seed in common (a paired test
+    needs the same seeds). Models without ranks (old runs) are left out.
     """
     out: dict[str, Any] = {}
     for protocol in protocols:
         for d, domain in enumerate(domains):
             scores = {m: v for m, v in mean_mrr[protocol][domain].items() if m in frames}
             for model in scores:
-                other = best_other(scores, model)
+                paired = {m: v for m, v in scores.items() if m == model or set(frames[m]) & set(frames[model])}
+                other = best_other(paired, model)
                 if other is None:
                     continue
                 result = compare(frames[model], frames[other], d, protocol)
