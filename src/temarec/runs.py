@@ -280,8 +280,9 @@ def refit_run(run_dir: str | Path, out_dir: str | Path, overrides: dict[str, str
         model.fit_on_validation(validation_batches(dataset, cfg))
         save_weights(model, tmp / "model.safetensors")
         timing = {k: v for k, v in metrics_before.get("timing", {}).items() if k != "peak_rss_mb"}
-        metrics = score_run(model, dataset, cfg, tmp, protocol_info(dataset, cfg, model),
-                            metrics_before.get("selected_epoch", 0), timing)
+        info = protocol_info(dataset, cfg, model)  # read from the run's copy of its data: name the data it came from
+        info["dataset_dir"] = metrics_before.get("protocol", {}).get("dataset_dir", info["dataset_dir"])
+        metrics = score_run(model, dataset, cfg, tmp, info, metrics_before.get("selected_epoch", 0), timing)
     return metrics
 
 

@@ -165,6 +165,7 @@ def test_refit_turns_a_fixed_run_into_a_validated_one_without_retraining(generat
     # validated trains as fixed, so fitting afterwards gives what fitting at the end of training gave
     assert refit["learned"] == trained["learned"] and refit["test"] == trained["test"]
     assert refit["selected_epoch"] == fixed["selected_epoch"]
+    assert refit["protocol"]["dataset_dir"] == fixed["protocol"]["dataset_dir"]  # the data it came from
     model, _, cfg = load_run(out)
     assert cfg.model.settings.fusion == "validated" and model.learned_summary() == trained["learned"]
     assert json.loads((out / "run.json").read_text())["refit"]["changed"] == {"model.tema.fusion": "validated",
