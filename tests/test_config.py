@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,13 @@ def test_a_models_training_defaults_apply_unless_the_user_sets_them(tmp_path):
     path.write_text("model:\n  name: pinet\n")
     assert load_config(path).train.batch_size == 128
     assert load_config(path, model_defaults=False).train.batch_size == 256
+
+
+def test_every_shipped_config_loads():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    shipped = sorted(root.glob("*.yaml"))
+    assert {p.name for p in shipped} >= {"tema-best.yaml", "tema-as-sasrec.yaml"}
+    for path in shipped:
+        assert load_config(path).model.name == "tema", path
+    best = load_config(root / "tema-best.yaml").model.settings
+    assert (best.fusion, best.fusion_fit, best.views) == ("validated", "mrr", "merged")
