@@ -435,12 +435,13 @@ class TEMA(SequentialModel):
         heads: dict[int, list[torch.Tensor]] = {0: [], 1: []}
         jitter: dict[int, list[torch.Tensor]] = {0: [], 1: []}
         for history, domain, target, negatives in batches:
-            if by_mrr:  # the target (column 0) and its stored negatives, as the sampled protocol ranks them
-                items = torch.cat([target[:, None], negatives], 1)  # (B, 1 + C)
-                heads[domain].append(self.candidate_head_log_probs(history, domain, items))  # (V, M, B, 1 + C)
-                jitter[domain].append(self.domain_tie_break(domain)[items])  # (B, 1 + C)
-            else:
-                heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
+            with torch.no_grad():  # the heads are held fixed: no graph kept per batch (GBs on a 64k catalogue)
+                if by_mrr:  # the target (column 0) and its stored negatives, as the sampled protocol ranks them
+                    items = torch.cat([target[:, None], negatives], 1)  # (B, 1 + C)
+                    heads[domain].append(self.candidate_head_log_probs(history, domain, items))  # (V, M, B, 1 + C)
+                    jitter[domain].append(self.domain_tie_break(domain)[items])  # (B, 1 + C)
+                else:
+                    heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
         for d, parts in heads.items():
             if parts and by_mrr:
                 self._fit_fusion_mrr(d, torch.cat(parts, 2), torch.cat(jitter[d], 0))
