@@ -213,8 +213,7 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
     train_s = time.perf_counter() - t0
     timing = {"train_s": round(train_s, 2),
               "epoch_s_median": round(statistics.median(epoch_times), 3) if epoch_times else 0.0,
-              "epochs": len(epoch_times), "peak_rss_mb": 0.0, "world_size": dist.world,
-              "threads": torch.get_num_threads()}
+              "epochs": len(epoch_times), "world_size": dist.world, "threads": torch.get_num_threads()}
     metrics = score_run(model, dataset, cfg, out, info, best["epoch"], timing)
     dist.close()
     return metrics
@@ -223,12 +222,13 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
 def score_run(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, info: dict[str, Any],
               selected_epoch: int, timing: dict[str, Any]) -> dict[str, Any]:
     """Score the selected checkpoint on validation and, once, on test; write ranks.parquet, metrics.json and the
-    model card into the run folder ``out``. ``timing`` is completed with the peak RSS."""
+    model card into the run folder ``out``. ``timing`` is completed with this process's peak RSS unless it holds
+    one (a refit keeps its training's)."""
     valid, valid_ranks = evaluate_with_ranks(model, dataset, "valid", cfg.eval, cfg.data.max_len)
     test, test_ranks = evaluate_with_ranks(model, dataset, "test", cfg.eval, cfg.data.max_len)
     write_parquet_atomic(out / RANKS_FILE, pd.concat([valid_ranks, test_ranks], ignore_index=True))
     metrics = {"protocol": info, "selected_epoch": selected_epoch, **learned_info(model), "valid": valid,
-               "test": test, "timing": {**timing, "peak_rss_mb": round(peak_rss_mb(), 1)}}
+               "test": test, "timing": {"peak_rss_mb": round(peak_rss_mb(), 1), **timing}}
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "README.md", model_card(cfg, dataset, metrics))
     return metrics
@@ -279,7 +279,7 @@ def refit_run(run_dir: str | Path, out_dir: str | Path, overrides: dict[str, str
                                                                "changed": dict(sorted(overrides.items()))}})
         model.fit_on_validation(validation_batches(dataset, cfg))
         save_weights(model, tmp / "model.safetensors")
-        timing = {k: v for k, v in metrics_before.get("timing", {}).items() if k != "peak_rss_mb"}
+        timing = metrics_before.get("timing", {})  # the training's: a refit trains nothing
         info = protocol_info(dataset, cfg, model)  # read from the run's copy of its data: name the data it came from
         info["dataset_dir"] = metrics_before.get("protocol", {}).get("dataset_dir", info["dataset_dir"])
         metrics = score_run(model, dataset, cfg, tmp, info, metrics_before.get("selected_epoch", 0), timing)

@@ -166,6 +166,7 @@ def test_refit_turns_a_fixed_run_into_a_validated_one_without_retraining(generat
     assert refit["learned"] == trained["learned"] and refit["test"] == trained["test"]
     assert refit["selected_epoch"] == fixed["selected_epoch"]
     assert refit["protocol"]["dataset_dir"] == fixed["protocol"]["dataset_dir"]  # the data it came from
+    assert refit["timing"] == fixed["timing"]  # the training's figures: a refit trains nothing
     model, _, cfg = load_run(out)
     assert cfg.model.settings.fusion == "validated" and model.learned_summary() == trained["learned"]
     assert json.loads((out / "run.json").read_text())["refit"]["changed"] == {"model.tema.fusion": "validated",
