@@ -277,7 +277,9 @@ def refit_run(run_dir: str | Path, out_dir: str | Path, overrides: dict[str, str
         meta = read_json(run / "run.json", _DAMAGED)
         write_json_atomic(tmp / "run.json", {**meta, "refit": {"from": str(run.resolve()),
                                                                "changed": dict(sorted(overrides.items()))}})
-        model.fit_on_validation(validation_batches(dataset, cfg))
+        if not model.fit_on_validation(validation_batches(dataset, cfg)):
+            raise ValueError(f"{cfg.model.name} fits nothing on validation with these settings, so a refit would "
+                             "copy the run: refit re-fits TEMA's fusion (--set model.tema.fusion=validated)")
         save_weights(model, tmp / "model.safetensors")
         timing = metrics_before.get("timing", {})  # the training's: a refit trains nothing
         info = protocol_info(dataset, cfg, model)  # read from the run's copy of its data: name the data it came from

@@ -175,7 +175,8 @@ def test_refit_turns_a_fixed_run_into_a_validated_one_without_retraining(generat
     capsys.readouterr()
     for argv, message in ((["--set", "train.lr=0.1"], "refit may change only"),
                           (["--set", "model.tema.fusion=learned"], "cannot make fusion=learned"),
-                          ([], "needs at least one --set")):
+                          ([], "needs at least one --set"),
+                          (["--set", "model.tema.fusion_fit=likelihood"], "fits nothing on validation")):
         assert main(["refit", "--run", str(tmp_path / "fixed"), "--out", str(tmp_path / "x"), *argv]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "x").exists()
