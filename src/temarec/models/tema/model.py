@@ -471,11 +471,10 @@ class TEMA(SequentialModel):
         start = best
         for _ in range(rounds):
             for axis in ("modalities", "views"):
-                weights, other = (log_a, log_w) if axis == "modalities" else (log_w, log_a)
                 if axis == "modalities":  # (M, B, K): each modality's heads mixed over the held view weights
-                    terms = (log_w[:, None, None, None] + heads).logsumexp(0)
+                    weights, terms = log_a, (log_w[:, None, None, None] + heads).logsumexp(0)
                 else:  # (V, B, K)
-                    terms = (log_a[None, :, None, None] + heads).logsumexp(1)
+                    weights, terms = log_w, (log_a[None, :, None, None] + heads).logsumexp(1)
                 for point in simplex_grid(int(torch.isfinite(weights).sum()), step):
                     trial = torch.full_like(weights, -math.inf)
                     trial[torch.isfinite(weights)] = torch.tensor(point, dtype=weights.dtype).clamp(min=1e-6).log()
