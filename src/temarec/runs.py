@@ -246,7 +246,7 @@ def refit_run(run_dir: str | Path, out_dir: str | Path, overrides: dict[str, str
     run, out = Path(run_dir), Path(out_dir)
     if not (run / "metrics.json").is_file():
         raise ValueError(f"{run} is not a finished run (no metrics.json); refit needs a trained run")
-    if out.resolve() == run.resolve() or out.exists():
+    if out.exists():  # the run itself included
         raise ValueError(f"--out {out} exists; refit writes a new run folder, give another path")
     fixed = sorted(k for k in overrides if k not in REFIT_SETTINGS)
     if fixed:
@@ -267,14 +267,13 @@ def refit_run(run_dir: str | Path, out_dir: str | Path, overrides: dict[str, str
     tensors.update({k: fresh[k] for k in added})
     set_weights(model, tensors, run / "model.safetensors")
     model.eval()
-    metrics_before = read_json(run / "metrics.json", _DAMAGED)
+    meta, metrics_before = read_run_info(run)
     with atomic_dir(out) as tmp:
         for item in run.iterdir():
             if item.name not in {"metrics.json", RANKS_FILE, "model.safetensors", "README.md", "last_state.pt",
                                  "last.safetensors"}:
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         write_json_atomic(tmp / "config.json", cfg.to_dict())
-        meta = read_json(run / "run.json", _DAMAGED)
         write_json_atomic(tmp / "run.json", {**meta, "refit": {"from": str(run.resolve()),
                                                                "changed": dict(sorted(overrides.items()))}})
         if not model.fit_on_validation(validation_batches(dataset, cfg)):

@@ -406,6 +406,7 @@ class TEMA(SequentialModel):
         (B, L) and their targets (B,) (local indices in ``domain``)."""
         return self.candidate_head_log_probs(history, domain, target[:, None])[..., 0]
 
+    @torch.no_grad()
     def candidate_head_log_probs(self, history: torch.Tensor, domain: int, items: torch.Tensor,
                                  rows: int = 64) -> torch.Tensor:
         """log P_m^V(item) (V, M, B, K) of every head over the domain's whole catalogue (eqs. 12-13), for histories
@@ -434,14 +435,13 @@ class TEMA(SequentialModel):
         by_mrr = self.settings.fusion_fit == "mrr"
         heads: dict[int, list[torch.Tensor]] = {0: [], 1: []}
         jitter: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-        for history, domain, target, negatives in batches:
-            with torch.no_grad():  # the heads are held fixed: no graph kept per batch (GBs on a 64k catalogue)
-                if by_mrr:  # the target (column 0) and its stored negatives, as the sampled protocol ranks them
-                    items = torch.cat([target[:, None], negatives], 1)  # (B, 1 + C)
-                    heads[domain].append(self.candidate_head_log_probs(history, domain, items))  # (V, M, B, 1 + C)
-                    jitter[domain].append(self.domain_tie_break(domain)[items])  # (B, 1 + C)
-                else:
-                    heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
+        for history, domain, target, negatives in batches:  # the heads come without graphs: held fixed below
+            if by_mrr:  # the target (column 0) and its stored negatives, as the sampled protocol ranks them
+                items = torch.cat([target[:, None], negatives], 1)  # (B, 1 + C)
+                heads[domain].append(self.candidate_head_log_probs(history, domain, items))  # (V, M, B, 1 + C)
+                jitter[domain].append(self.domain_tie_break(domain)[items])  # (B, 1 + C)
+            else:
+                heads[domain].append(self.target_head_log_probs(history, domain, target))  # (V, M, B)
         for d, parts in heads.items():
             if parts and by_mrr:
                 self._fit_fusion_mrr(d, torch.cat(parts, 2), torch.cat(jitter[d], 0))
@@ -466,15 +466,16 @@ class TEMA(SequentialModel):
             rank = 1 + (score[:, 1:] > score[:, :1]).sum(1)
             return float((1.0 / rank).mean())
 
-        best = mrr((log_w[:, None, None, None] + log_a[None, :, None, None] + heads).flatten(0, 1),
-                   torch.zeros(heads.size(0) * heads.size(1), dtype=heads.dtype))
-        start = best
+        def by_modality() -> torch.Tensor:  # (M, B, K): each modality's heads mixed over the held view weights
+            return (log_w[:, None, None, None] + heads).logsumexp(0)
+
+        def by_view() -> torch.Tensor:  # (V, B, K): each view's heads mixed over the held modality weights
+            return (log_a[None, :, None, None] + heads).logsumexp(1)
+
+        best = start = mrr(by_modality(), log_a)
         for _ in range(rounds):
-            for axis in ("modalities", "views"):
-                if axis == "modalities":  # (M, B, K): each modality's heads mixed over the held view weights
-                    weights, terms = log_a, (log_w[:, None, None, None] + heads).logsumexp(0)
-                else:  # (V, B, K)
-                    weights, terms = log_w, (log_a[None, :, None, None] + heads).logsumexp(1)
+            for weights, mixed in ((log_a, by_modality), (log_w, by_view)):
+                terms = mixed()
                 for point in simplex_grid(int(torch.isfinite(weights).sum()), step):
                     trial = torch.full_like(weights, -math.inf)
                     trial[torch.isfinite(weights)] = torch.tensor(point, dtype=weights.dtype).clamp(min=1e-6).log()
