@@ -25,8 +25,9 @@ def test_extra_left_padding_leaves_scores_unchanged():
     assert_left_padding_leaves_scores_unchanged(make_model())
 
 
-def test_features_at_a_position_ignore_later_items():
-    model = make_model()
+@pytest.mark.parametrize("readout", ["mean", "last"])
+def test_features_at_a_position_ignore_later_items(readout):
+    model = make_model(specific={"man": MANSettings(readout=readout)})
     changed = HISTORY.clone()
     changed[:, -1] = 5  # a different (Food) item last
     at = torch.full((3, 1), HISTORY.size(1) - 2)
@@ -58,7 +59,38 @@ def test_loss_decreases_when_overfitting(overfit, loss, one_thread):
     assert_losses_halve(losses)
 
 
-@pytest.mark.parametrize("field, value", [("num_groups", 0), ("similarity_window", 0), ("eval_chunk", 0)])
+@pytest.mark.parametrize("field, value", [("num_groups", 0), ("similarity_window", 0), ("eval_chunk", 0),
+                                          ("readout", "max"), ("similarity_position", "first")])
 def test_bad_settings_are_one_line_errors(field, value):
     with pytest.raises(ValueError, match=f"model.man.{field}"):
         MANSettings(**{field: value})
+
+
+def test_similarity_positions_last_and_random_pick_only_selected_positions():
+    sel = torch.tensor([[False, True, False, True],
+                        [True, False, False, False],
+                        [False, False, False, False]])
+    rows, t = make_model(specific={"man": MANSettings(similarity_position="last")}).similarity_positions(sel)
+    assert rows.tolist() == [0] and t.tolist() == [3]
+    model = make_model()  # random: every row with a selected position, each selected position drawn in time
+    drawn = set()
+    for _ in range(50):
+        rows, t = model.similarity_positions(sel)
+        assert rows.tolist() == [0, 1]
+        assert sel[rows, t].all()
+        drawn |= {(r, p) for r, p in zip(rows.tolist(), t.tolist())}
+    assert drawn == {(0, 1), (0, 3), (1, 0)}
+
+
+def test_the_full_score_loss_at_a_position_ignores_later_items():
+    model = make_model()
+    changed = HISTORY.clone()
+    changed[:, -1] = 5
+    rows, t = torch.tensor([0, 1]), torch.tensor([3, 2])  # Food targets 1 and 4 at positions 4 and 3 of HISTORY
+    with torch.no_grad():
+        losses = []
+        for seqs in (HISTORY, changed):
+            feats = model.features(seqs, torch.arange(seqs.size(1)).expand(3, -1), 0)
+            torch.manual_seed(1)  # the same sampled negatives for both
+            losses.append(model.position_loss(feats, rows, t, torch.tensor([1, 4]), 0))
+    torch.testing.assert_close(losses[0], losses[1])

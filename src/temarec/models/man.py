@@ -47,6 +47,12 @@ class MANSettings:
     # attention per (user, candidate) is the model's costliest part when every item of a domain is scored
     similarity_window: int = 20
     eval_chunk: int = 16_000_000  # rows x candidates x keys per item-similarity chunk when scoring (memory bound)
+    # where each training row trains the full score (towers + item similarity): at one "random" position with a
+    # target of the domain, drawn anew every step (the official code trains on every prefix), or at its "last"
+    similarity_position: str = "random"
+    # what the towers read of each sequence at the scored time: "mean" of the states so far (the official
+    # hist_embedding_mean) or the "last" state there (SASRec's read-out); docs/DESIGN.md "MAN"
+    readout: str = "mean"
 
     def __post_init__(self) -> None:
         if self.num_groups < 1:
@@ -55,6 +61,10 @@ class MANSettings:
             raise ValueError(f"model.man.similarity_window must be >= 1, got {self.similarity_window}")
         if self.eval_chunk < 1:
             raise ValueError(f"model.man.eval_chunk must be >= 1, got {self.eval_chunk}")
+        if self.similarity_position not in ("random", "last"):
+            raise ValueError(f"model.man.similarity_position must be random or last, got {self.similarity_position!r}")
+        if self.readout not in ("mean", "last"):
+            raise ValueError(f"model.man.readout must be mean or last, got {self.readout!r}")
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -146,8 +156,16 @@ class Features:
 
     local: torch.Tensor  # (B, T, D) local tower output for the target domain
     glob: torch.Tensor  # (B, T, D) global tower output
-    keys: torch.Tensor  # (B, W, D) item-similarity key inputs for the target domain, the last W positions
-    key_valid: torch.Tensor  # (B, W) non-padding positions
+    keys: torch.Tensor  # (B, L, D) item-similarity key inputs for the target domain at every position
+    key_valid: torch.Tensor  # (B, L) non-padding positions
+
+    def window(self, rows: torch.Tensor, t: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys of rows ``rows`` (R,) over the ``width`` positions ending at ``t`` (R,) -> (R, W, D) keys,
+        (R, W) valid (positions before the row's start are invalid)."""
+        idx = t[:, None] - (width - 1) + torch.arange(width, device=t.device)  # (R, W)
+        inside = idx >= 0
+        idx = idx.clamp(min=0)
+        return self.keys[rows[:, None], idx], self.key_valid[rows[:, None], idx] & inside
 
 
 class MAN(SequentialModel):
@@ -178,17 +196,23 @@ class MAN(SequentialModel):
         local, local_in = self.local_encoders[domain](local_ids(view.ids, domain, n_first))  # (B, L, D) each
         read = (lambda x: x.detach()) if self.settings.stop_gradient else (lambda x: x)
         valid, latest = seqs > 0, view.latest.gather(1, at)  # (B, L), (B, T)
-        local_mean = gather_time(prefix_mean(local, view.valid), latest)  # (B, T, D)
-        glob_mean = gather_time(prefix_mean(glob, valid), at)  # (B, T, D)
+        local_mean = self.summary(local, view.valid, latest)  # (B, T, D)
+        glob_mean = self.summary(glob, valid, at)  # (B, T, D)
         fused = self.fusion[domain](read(local), read(glob), self.fusion_mask(view, valid))  # (B, L, D)
-        fused_mean = gather_time(prefix_mean(fused, view.valid), latest)  # (B, T, D)
+        fused_mean = self.summary(fused, view.valid, latest)  # (B, T, D)
         group = self.groups[domain](self.prototypes, read(local), view.valid, latest, read(local_mean))  # (B, T, D)
         user_local = self.local_towers[domain](torch.cat([local_mean, fused_mean, group], dim=-1))
         keys = glob_in + torch.zeros_like(glob_in).scatter_add(  # local inputs back at their merged positions
             1, view.time[..., None].expand_as(local_in), local_in * view.valid[..., None])
-        w = self.settings.similarity_window
-        return Features(local=user_local, glob=self.global_tower(glob_mean), keys=keys[:, -w:],
-                        key_valid=valid[:, -w:])
+        return Features(local=user_local, glob=self.global_tower(glob_mean), keys=keys, key_valid=valid)
+
+    def summary(self, states: torch.Tensor, valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """states (B, L, D), valid (B, L), index (B, T) -> (B, T, D): the mean of the valid states up to each
+        index, or the state at the index (``readout``); 0 where there is none yet (a padding slot's fused state
+        may have read later keys, see fusion_mask)."""
+        if self.settings.readout == "last":
+            return gather_time(states * valid[..., None].to(states.dtype), index)
+        return gather_time(prefix_mean(states, valid), index)
 
     @staticmethod
     def fusion_mask(view: DomainView, valid: torch.Tensor) -> torch.Tensor:
@@ -204,7 +228,8 @@ class MAN(SequentialModel):
         return self.global_encoder.item_emb.weight[self.ctx.domain_slice(domain)]  # (N, D)
 
     def training_loss(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs (B, L+1): the towers' next-item loss at every position + the full score's at each row's last."""
+        """seqs (B, L+1): the towers' next-item loss at every position + the full score's at one position of
+        each row (``similarity_position``)."""
         inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
         B, L = inputs.shape
         dom = domain_of_ids(targets, self.ctx.domain_sizes[0])  # (B, L)
@@ -216,9 +241,9 @@ class MAN(SequentialModel):
             sel = (targets > 0) & (dom == d)  # (B, L)
             users.append(torch.cat([feats.local[sel], feats.glob[sel]], dim=-1))  # (P_d, 2D)
             wanted.append(targets[sel])
-            rows = torch.nonzero(sel[:, -1], as_tuple=True)[0]
+            rows, t = self.similarity_positions(sel)
             if self.settings.item_similarity and rows.numel():
-                last_loss = last_loss + self.last_position_loss(feats, rows, targets[rows, -1], d) * rows.numel()
+                last_loss = last_loss + self.position_loss(feats, rows, t, targets[rows, t], d) * rows.numel()
                 n_last += rows.numel()
         pad = self.global_encoder.item_emb.weight.new_zeros(1, 2 * self.cfg.dim)
         items = torch.cat([pad, *[torch.cat([self.local_table(d), self.global_table(d)], dim=-1) for d in (0, 1)]])
@@ -226,17 +251,28 @@ class MAN(SequentialModel):
                                     self.cfg.num_sampled)
         return tower_loss + last_loss / max(1, n_last)
 
-    def last_position_loss(self, feats: Features, rows: torch.Tensor, target: torch.Tensor, domain: int
-                           ) -> torch.Tensor:
-        """Cross-entropy of the full score (towers + item similarity) of each row's last target (rows (R,),
-        target (R,) merged ids of ``domain``) against min(num_sampled, N) shared uniform negatives."""
+    def similarity_positions(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sel (B, L) positions with a target of the domain -> rows (R,) and one position t (R,) of each: the last
+        position where it is selected, or a uniform draw among the selected ones."""
+        if self.settings.similarity_position == "last":
+            rows = torch.nonzero(sel[:, -1], as_tuple=True)[0]
+            return rows, torch.full_like(rows, sel.size(1) - 1)
+        rows = torch.nonzero(sel.any(1), as_tuple=True)[0]
+        draw = torch.rand(sel.shape, device=sel.device).masked_fill(~sel, -1.0)  # (B, L)
+        return rows, draw[rows].argmax(1)
+
+    def position_loss(self, feats: Features, rows: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
+                      domain: int) -> torch.Tensor:
+        """Cross-entropy of the full score (towers + item similarity) of rows ``rows`` (R,) at positions ``t``
+        (R,), target (R,) merged ids of ``domain``, against min(num_sampled, N) shared uniform negatives."""
         n, start = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start
         neg = torch.randint(0, n, (min(self.cfg.num_sampled, n),), device=target.device)  # (S,) local indices
         cand = torch.cat([(target - start)[:, None], neg.expand(len(rows), -1)], dim=1)  # (R, 1 + S)
         local_e, glob_e = self.local_table(domain)[cand], self.global_table(domain)[cand]  # (R, 1 + S, D)
-        u_l, u_g = feats.local[rows, -1], feats.glob[rows, -1]  # (R, D)
+        u_l, u_g = feats.local[rows, t], feats.glob[rows, t]  # (R, D)
         logits = (local_e @ u_l[..., None] + glob_e @ u_g[..., None]).squeeze(-1)  # (R, 1 + S)
-        logits = logits + self.similarity[domain](feats.keys[rows], feats.key_valid[rows], local_e)
+        keys, valid = feats.window(rows, t, self.settings.similarity_window)  # (R, W, D), (R, W)
+        logits = logits + self.similarity[domain](keys, valid, local_e)
         hit = cand[:, 1:] == cand[:, :1]  # a negative that is the target is not a negative
         logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(hit, float("-inf"))], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long, device=logits.device))
@@ -249,9 +285,10 @@ class MAN(SequentialModel):
         scores = feats.local[:, 0] @ local_e.T + feats.glob[:, 0] @ glob_e.T  # (B, N)
         if not self.settings.item_similarity:
             return scores
-        step = max(1, self.settings.eval_chunk // max(1, local_e.size(0) * feats.keys.size(1)))  # rows per chunk
-        sim = [self.similarity[domain](feats.keys[i:i + step], feats.key_valid[i:i + step], local_e)
-               for i in range(0, B, step)]
+        keys, valid = feats.window(torch.arange(B, device=history.device),
+                                   torch.full((B,), L - 1, device=history.device), self.settings.similarity_window)
+        step = max(1, self.settings.eval_chunk // max(1, local_e.size(0) * keys.size(1)))  # rows per chunk
+        sim = [self.similarity[domain](keys[i:i + step], valid[i:i + step], local_e) for i in range(0, B, step)]
         return scores + torch.cat(sim)
 
 
