@@ -3,11 +3,13 @@ import json
 import pytest
 import torch
 
+from temarec.checkpoint import load_state, save_state
 from temarec.cli import main
 from temarec.config import load_config
 from temarec.evaluation import METRIC_ORDER
 from temarec.data.batches import pad_histories
 from temarec.runs import load_run, train_run
+from temarec.train import STATE
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,18 @@ def test_resume_continues_after_the_last_epoch(generated_dataset, tmp_path, tiny
     assert epochs == [1, 2, 3]
     assert json.loads((out / "run.json").read_text())["resumes"] == [
         {"after_epoch": 1, "changed": {"train.epochs": [1, 3]}}]
+
+
+def test_a_resumed_runs_training_time_counts_the_earlier_processes(generated_dataset, tmp_path, tiny):
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny(**{"model.name": "gru4rec", "train.epochs": "1"}))
+    train_run(generated_dataset, cfg, out)
+    state = load_state(out / STATE)
+    assert state["elapsed_s"] > 0
+    state["elapsed_s"] += 1000.0  # as if the first process had run 1000 s longer
+    save_state(out / STATE, state)
+    train_s = train_run(generated_dataset, cfg.replace(**{"train.epochs": "2"}), out, resume=True)["timing"]["train_s"]
+    assert 1000.0 < train_s < 1000.0 + 600.0
 
 
 def test_resume_refuses_settings_that_change_the_model(generated_dataset, tmp_path, tiny):

@@ -195,9 +195,10 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
         write_run_files(out, dataset, cfg, info, resumes)
     t0 = time.perf_counter()
     epoch_times: list[float] = []
+    earlier_s = 0.0  # what the processes this run resumes from spent
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "valid": None}
     if model.trainable:
-        best, epoch_times = fit(model, dataset, cfg, out, dist, resume)
+        best, epoch_times, earlier_s = fit(model, dataset, cfg, out, dist, resume)
     if not dist.is_main:
         dist.close()
         return {}
@@ -210,7 +211,7 @@ def _train(dataset: Dataset, cfg: Config, out: Path, dist: Distributed, resume: 
             save_weights(model, out / "model.safetensors")  # the selected checkpoint, with what it fitted
     else:
         save_weights(model, out / "model.safetensors")
-    train_s = time.perf_counter() - t0
+    train_s = earlier_s + time.perf_counter() - t0
     timing = {"train_s": round(train_s, 2),
               "epoch_s_median": round(statistics.median(epoch_times), 3) if epoch_times else 0.0,
               "epochs": len(epoch_times), "world_size": dist.world, "threads": torch.get_num_threads()}

@@ -136,7 +136,9 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, seqs:
 
 
 def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: Distributed,
-         resume: bool) -> tuple[dict[str, Any], list[float]]:
+         resume: bool) -> tuple[dict[str, Any], list[float], float]:
+    """Train ``model`` epoch by epoch (resuming from the run folder's state when ``resume``); returns the best
+    epoch's record, every epoch's training seconds, and the wall-clock seconds earlier processes spent on it."""
     seqs = train_sequences(dataset, cfg.data.max_len)
     if len(seqs) == 0:
         raise ValueError(f"{dataset.root}: no training sequence has two or more items")
@@ -144,7 +146,7 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "valid": None}
-    start_epoch, bad_epochs, epoch_times = 1, 0, []
+    start_epoch, bad_epochs, epoch_times, earlier_s = 1, 0, [], 0.0
     if resume and (out / STATE).is_file():
         state = load_state(out / STATE)
         if "model" in state:
@@ -155,6 +157,7 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
             load_weights(model, out / "last.safetensors")
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, bad_epochs, epoch_times = state["epoch"] + 1, state["bad_epochs"], list(state["epoch_times"])
+        earlier_s = float(state.get("elapsed_s", sum(epoch_times)))  # states before elapsed_s: epochs only
         best = {"score": state["best_score"], "epoch": state["best_epoch"], "valid": None}
         if "log_bytes" in state:
             _truncate_log(out / LOG, state["log_bytes"])
@@ -181,14 +184,14 @@ def fit(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path, dist: 
             stop = False
             if dist.is_main:
                 stop, bad_epochs = _after_epoch(model, dataset, cfg, out, optimizer, epoch, loss, epoch_times, cpu,
-                                                best, bad_epochs, time.perf_counter() - t_start, tracker)
+                                                best, bad_epochs, time.perf_counter() - t_start, earlier_s, tracker)
             if dist.broadcast_flag(stop):
                 break
     finally:
         tracker.close()
     if dist.is_main:
         save_weights(model, out / "last.safetensors")
-    return best, epoch_times
+    return best, epoch_times, earlier_s
 
 
 def _truncate_log(path: Path, size: int) -> None:
@@ -201,9 +204,10 @@ def _truncate_log(path: Path, size: int) -> None:
 
 def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Path,
                  optimizer: torch.optim.Optimizer, epoch: int, loss: float, epoch_times: list[float],
-                 epoch_cpu_s: float, best: dict[str, Any], bad_epochs: int, elapsed: float,
+                 epoch_cpu_s: float, best: dict[str, Any], bad_epochs: int, elapsed: float, earlier_s: float,
                  tracker: Tracker) -> tuple[bool, int]:
-    """Rank 0: validate, keep the best checkpoint, write the resumable state; returns (stop, bad_epochs)."""
+    """Rank 0: validate, keep the best checkpoint, write the resumable state; returns (stop, bad_epochs).
+    ``elapsed``: this process's seconds (what train.max_train_s bounds); ``earlier_s``: earlier processes'."""
     record: dict[str, Any] = {"epoch": epoch, "loss": loss, "epoch_s": round(epoch_times[-1], 3),
                               "epoch_cpu_s": round(epoch_cpu_s, 3)}
     learned = model.learned_summary()
@@ -231,7 +235,8 @@ def _after_epoch(model: SequentialModel, dataset: Dataset, cfg: Config, out: Pat
     # was, together (separate weight and state files could be caught half-updated by a kill between the two)
     state = {"model": weight_tensors(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
              "bad_epochs": bad_epochs, "best_score": best["score"], "best_epoch": best["epoch"],
-             "epoch_times": epoch_times, "log_bytes": (out / LOG).stat().st_size, "rng": rng_states()}
+             "epoch_times": epoch_times, "elapsed_s": earlier_s + elapsed, "log_bytes": (out / LOG).stat().st_size,
+             "rng": rng_states()}
     save_state(out / STATE, state)
     over_budget = cfg.train.max_train_s > 0 and elapsed >= cfg.train.max_train_s
     if over_budget:
