@@ -40,8 +40,8 @@ class MANSettings:
     num_groups: int = 10  # user-group prototypes (official --num_groups 10)
     # the official fusion and group attentions read the encoders' states through tf.stop_gradient
     stop_gradient: bool = True
-    # candidate-aware item-similarity attention (eval: every item of the domain; training: the last position of
-    # each row against model.num_sampled shared negatives, see docs/DESIGN.md "MAN")
+    # candidate-aware item-similarity attention (eval: every item of the domain; training: one position of each
+    # row, see similarity_position, against model.num_sampled shared negatives; docs/DESIGN.md "MAN")
     item_similarity: bool = True
     # the item-similarity attention reads the most recent positions only (official max_seq_length 20): one
     # attention per (user, candidate) is the model's costliest part when every item of a domain is scored
@@ -234,7 +234,7 @@ class MAN(SequentialModel):
         B, L = inputs.shape
         dom = domain_of_ids(targets, self.ctx.domain_sizes[0])  # (B, L)
         at = torch.arange(L, device=seqs.device).expand(B, L)
-        users, wanted, last_loss, n_last = [], [], targets.new_zeros((), dtype=torch.float), 0
+        users, wanted, sim_loss, n_sim = [], [], targets.new_zeros((), dtype=torch.float), 0
         encoded = self.global_encoder(inputs)  # (B, L, D) states and inputs, shared by both domains' features
         for d in (0, 1):
             feats = self.features(inputs, at, d, encoded)
@@ -243,13 +243,13 @@ class MAN(SequentialModel):
             wanted.append(targets[sel])
             rows, t = self.similarity_positions(sel)
             if self.settings.item_similarity and rows.numel():
-                last_loss = last_loss + self.position_loss(feats, rows, t, targets[rows, t], d) * rows.numel()
-                n_last += rows.numel()
+                sim_loss = sim_loss + self.position_loss(feats, rows, t, targets[rows, t], d) * rows.numel()
+                n_sim += rows.numel()
         pad = self.global_encoder.item_emb.weight.new_zeros(1, 2 * self.cfg.dim)
         items = torch.cat([pad, *[torch.cat([self.local_table(d), self.global_table(d)], dim=-1) for d in (0, 1)]])
         tower_loss = next_item_loss(torch.cat(users), torch.cat(wanted), items, self.ctx, self.cfg.loss,
                                     self.cfg.num_sampled)
-        return tower_loss + last_loss / max(1, n_last)
+        return tower_loss + sim_loss / max(1, n_sim)
 
     def similarity_positions(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sel (B, L) positions with a target of the domain -> rows (R,) and one position t (R,) of each: the last
