@@ -241,8 +241,10 @@ class MAN(SequentialModel):
             sel = (targets > 0) & (dom == d)  # (B, L)
             users.append(torch.cat([feats.local[sel], feats.glob[sel]], dim=-1))  # (P_d, 2D)
             wanted.append(targets[sel])
+            if not self.settings.item_similarity:
+                continue
             rows, t = self.similarity_positions(sel)
-            if self.settings.item_similarity and rows.numel():
+            if rows.numel():
                 sim_loss = sim_loss + self.position_loss(feats, rows, t, targets[rows, t], d) * rows.numel()
                 n_sim += rows.numel()
         pad = self.global_encoder.item_emb.weight.new_zeros(1, 2 * self.cfg.dim)
