@@ -185,13 +185,16 @@ def test_results_carry_the_paired_test_against_the_best_other_model(benched):
             assert by_model[best]["against"] == other and by_model[other]["against"] == best
             assert by_model[best]["seeds"] == list(SEEDS)
             assert 0.0 <= by_model[best]["across_seeds"]["p"] <= 1.0
-            assert by_model[best]["across_seeds"]["mean_diff"] == pytest.approx(
-                -by_model[other]["across_seeds"]["mean_diff"])
+            across = by_model[best]["across_seeds"]
+            assert across["mean_diff"] == pytest.approx(-by_model[other]["across_seeds"]["mean_diff"])
+            low, high = across["ci95"]
+            assert low <= across["mean_diff"] <= high
             slices = results["slices"][protocol][domain][best]
             assert slices["cold"]["n"] + slices["warm"]["n"] == \
                 results["results"][best]["seeds"]["0"]["test"][protocol][domain]["n"]
     md = (benched / "results.md").read_text()
     assert "## Is the difference real? (test split)" in md and "## Test MRR by slice" in md
+    assert "| 95% interval |" in md
 
 
 def test_runs_capped_while_improving_are_marked(benched):

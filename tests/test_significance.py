@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temarec.significance import (best_other, compare, instance_frame, significance_report, slice_mrr,
+from temarec.significance import (best_other, bootstrap_mean_diff, compare, instance_frame, significance_report, slice_mrr,
                                   wilcoxon_rr)
 
 
@@ -30,6 +30,34 @@ def test_unpaired_shapes_are_refused():
         wilcoxon_rr(np.array([1, 2]), np.array([1, 2, 3]))
 
 
+def test_bootstrap_interval_of_a_constant_difference_is_that_difference():
+    a, b = np.full(40, 1), np.full(40, 4)  # every pair differs by 1 - 1/4
+    assert bootstrap_mean_diff(a, b) == pytest.approx((0.75, 0.75))
+
+
+def test_bootstrap_interval_is_about_the_mean_not_the_median():
+    # 900 pairs favour a by 0.01, 100 favour b by 0.5: Wilcoxon sees a shift towards a, the mean favours b
+    a = np.concatenate([np.full(900, 1 / 0.51), np.full(100, 1 / 0.01)])
+    b = np.concatenate([np.full(900, 2.0), np.full(100, 1 / 0.51)])
+    mean_diff = np.mean(1 / a - 1 / b)
+    assert mean_diff < 0
+    assert wilcoxon_rr(a, b)["p"] < 1e-3  # a "significant" shift the other way
+    low, high = bootstrap_mean_diff(a, b)
+    assert low < mean_diff < high < 0
+    # the interval is paired and seeded: swapping the sides mirrors it, and a second call repeats it
+    assert bootstrap_mean_diff(b, a) == pytest.approx((-high, -low))
+    assert bootstrap_mean_diff(a, b) == (low, high)
+
+
+def test_bootstrap_interval_covers_zero_without_a_difference():
+    rng = np.random.default_rng(1)
+    a = rng.integers(1, 100, size=3000)
+    low, high = bootstrap_mean_diff(a, rng.permutation(a))
+    assert low < 0 < high
+    with pytest.raises(ValueError, match="same instances"):
+        bootstrap_mean_diff(np.array([1, 2]), np.array([1]))
+
+
 def _frames(ranks_by_seed, domain=None, cold=None, own=None):
     out = {}
     for seed, ranks in ranks_by_seed.items():
@@ -50,6 +78,7 @@ def test_compare_pairs_seeds_and_averages_across_them():
     across = out["across_seeds"]
     expected = np.mean([1 / better[s] for s in (0, 1)], axis=0) - np.mean([1 / worse[s] for s in (0, 1)], axis=0)
     assert across["mean_diff"] == pytest.approx(expected.mean()) and across["p"] < 1e-6
+    assert 0 < across["ci95"][0] < across["mean_diff"] < across["ci95"][1]
 
 
 def test_compare_needs_a_common_seed():
