@@ -197,6 +197,23 @@ def test_results_carry_the_paired_test_against_the_best_other_model(benched):
     assert "| 95% interval |" in md
 
 
+def test_every_model_is_tested_against_the_popularity_row(benched):
+    results = json.loads((benched / "results.json").read_text())
+    against = results["against_pop"]
+    assert against["reference"] == "pop"
+    for protocol in ("sampled", "full"):
+        for domain, by_model in against["tests"][protocol].items():
+            assert set(by_model) == {"sasrec"}  # every row but pop itself
+            r = by_model["sasrec"]["across_seeds"]
+            mean = results["results"]
+            expected = (mean["sasrec"]["mean"]["test"][protocol][domain]["mrr"]
+                        - mean["pop"]["mean"]["test"][protocol][domain]["mrr"])
+            assert r["mean_diff"] == pytest.approx(expected)  # same seeds, same instances: the table's gap
+            assert r["ci95"][0] <= r["mean_diff"] <= r["ci95"][1]
+    md = (benched / "results.md").read_text()
+    assert "## Above popularity? (test split, against `pop`)" in md
+
+
 def test_runs_capped_while_improving_are_marked(benched):
     # two epochs with patience 10: early stopping never had a chance, so every trained run is marked
     results = json.loads((benched / "results.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temarec.significance import (best_other, bootstrap_mean_diff, compare, instance_frame, significance_report, slice_mrr,
+from temarec.significance import (against_reference, best_other, bootstrap_mean_diff, compare, verdict, instance_frame, significance_report, slice_mrr,
                                   wilcoxon_rr)
 
 
@@ -118,3 +118,13 @@ def test_report_pairs_a_model_only_with_models_that_share_a_seed():
     out = significance_report(frames, mean, ["Food"], protocols=("sampled",))["sampled"]["Food"]
     assert "a" not in out  # no other model ran seed 2
     assert out["b"]["against"] == "c" and out["c"]["against"] == "b"  # not a, the best overall
+
+
+def test_against_reference_tests_every_other_model_that_shares_a_seed():
+    frames = {"pop": _frames({0: np.full(60, 5)}), "a": _frames({0: np.full(60, 1)}),
+              "b": _frames({0: np.full(60, 9)}), "c": _frames({1: np.full(60, 1)})}
+    out = against_reference(frames, "pop", ["Food"], protocols=("sampled",))["sampled"]["Food"]
+    assert set(out) == {"a", "b"}  # not pop itself, not c (no seed in common)
+    assert verdict(out["a"]["across_seeds"]["ci95"]) == "above"
+    assert verdict(out["b"]["across_seeds"]["ci95"]) == "below"
+    assert verdict((-0.1, 0.2)) == "not shown"

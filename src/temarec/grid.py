@@ -31,7 +31,8 @@ from temarec.config import RUNTIME_SETTINGS, Config, model_train_defaults
 from temarec.data.dataset import Dataset
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
-from temarec.significance import SLICES, format_p, read_ranks, significance_report, slices_report
+from temarec.significance import (SLICES, against_reference, format_p, read_ranks, significance_report,
+                                  slices_report, verdict)
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,22 @@ def _significance(runs: dict[str, dict[int, Path]], results: dict[str, Any]) -> 
     domains = list(first["sampled"])
     mean_mrr = {p: {d: {name: r["mean"]["test"][p][d]["mrr"] for name, r in results["results"].items()}
                     for d in domains} for p in PROTOCOLS}
-    return {"significance": significance_report(frames, mean_mrr, domains, PROTOCOLS),
-            "slices": slices_report(frames, domains, PROTOCOLS)}
+    out = {"significance": significance_report(frames, mean_mrr, domains, PROTOCOLS),
+           "slices": slices_report(frames, domains, PROTOCOLS)}
+    pop = _popularity_variant(runs, frames)
+    if pop is not None:
+        out["against_pop"] = {"reference": pop, "tests": against_reference(frames, pop, domains, PROTOCOLS)}
+    return out
+
+
+def _popularity_variant(runs: dict[str, dict[int, Path]], frames: dict[str, Any]) -> str | None:
+    """The row that ran ``--model pop`` (the floor every method must clear), if one kept its ranks."""
+    from temarec.runs import read_config
+
+    for name in frames:
+        if read_config(next(iter(runs[name].values())))["model"]["name"] == "pop":
+            return name
+    return None
 
 
 def _finished_runs(out: Path) -> dict[str, dict[int, Path]]:
@@ -332,6 +347,7 @@ def _format_significance(results: dict[str, Any]) -> list[str]:
                 interval = "—" if low is None else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
                 lines.append(f"| {protocol} | {domain} | {model} | {r['against']} | {100 * a['mean_diff']:+.2f} "
                              f"| {interval} | {format_p(a['p'])} | {per} |")
+    lines += _format_against_pop(results.get("against_pop"))
     slices = results["slices"]
     names = list(SLICES)
     lines += ["", "## Test MRR by slice (%, mean over seeds; n = instances)", "",
@@ -343,6 +359,26 @@ def _format_significance(results: dict[str, Any]) -> list[str]:
             for model, cells in by_model.items():
                 row = " | ".join(f"{_pct(cells[n]['mrr'])} (n={cells[n]['n']:,})" for n in names)
                 lines.append(f"| {protocol} | {domain} | {model} | {row} |")
+    return lines
+
+
+def _format_against_pop(against: dict[str, Any] | None) -> list[str]:
+    """Every model against the popularity row: ΔMRR, its bootstrap interval, Wilcoxon's p and the verdict."""
+    if not against:
+        return []
+    lines = ["", f"## Above popularity? (test split, against `{against['reference']}`)", "",
+             "Every method should beat popularity in every domain. above / below: the paired bootstrap 95% "
+             "interval of ΔMRR (across seeds) excludes 0; not shown: it covers 0.", "",
+             "| protocol | domain | model | ΔMRR vs pop | 95% interval | p (Wilcoxon) | ΔMRR per seed | verdict |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for protocol, by_domain in against["tests"].items():
+        for domain, by_model in by_domain.items():
+            for model, r in by_model.items():
+                a = r["across_seeds"]
+                per = ", ".join(f"{s}: {100 * v['mean_diff']:+.2f}" for s, v in r["per_seed"].items())
+                lines.append(f"| {protocol} | {domain} | {model} | {100 * a['mean_diff']:+.2f} "
+                             f"| [{100 * a['ci95'][0]:+.2f}, {100 * a['ci95'][1]:+.2f}] | {format_p(a['p'])} "
+                             f"| {per} | {verdict(a['ci95'])} |")
     return lines
 
 

@@ -174,6 +174,26 @@ def significance_report(frames: dict[str, dict[int, pd.DataFrame]], mean_mrr: di
     return out
 
 
+def against_reference(frames: dict[str, dict[int, pd.DataFrame]], reference: str, domains: Iterable[str],
+                      protocols: Iterable[str] = ("sampled", "full")) -> dict[str, Any]:
+    """{protocol: {domain: {model: compare(model, reference)}}} for every other model sharing a seed with
+    ``reference`` (issue 13's bar: every method must beat popularity in both domains)."""
+    out: dict[str, Any] = {}
+    for protocol in protocols:
+        for d, domain in enumerate(domains):
+            for model, by_seed in frames.items():
+                if model != reference and set(by_seed) & set(frames[reference]):
+                    out.setdefault(protocol, {}).setdefault(domain, {})[model] = compare(
+                        by_seed, frames[reference], d, protocol)
+    return out
+
+
+def verdict(interval: Iterable[float]) -> str:
+    """'above' / 'below' when a bootstrap interval of a difference excludes 0, 'not shown' when it covers it."""
+    low, high = interval
+    return "above" if low > 0 else "below" if high < 0 else "not shown"
+
+
 def slices_report(frames: dict[str, dict[int, pd.DataFrame]], domains: Iterable[str],
                   protocols: Iterable[str] = ("sampled", "full")) -> dict[str, Any]:
     """{protocol: {domain: {model: {slice: {"n", "mrr"}}}}} over the test split."""
