@@ -232,3 +232,22 @@ def test_a_state_written_by_temarec_0_1_still_resumes(generated_dataset, tmp_pat
     metrics = train_run(generated_dataset, load_config(None, [*SETTINGS, "train.epochs=2"]), run, resume=True)
     assert metrics["timing"]["epochs"] == 2
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_resume_starts_from_the_runs_own_settings(generated_dataset, tmp_path, capsys):
+    """A budget-cut run trained with non-default settings resumes with only --set for what may change: no
+    --config, no repeating its settings (they used to be required, else "trained with other settings")."""
+    run = tmp_path / "run"
+    train_run(generated_dataset, load_config(None, [*SETTINGS, "train.epochs=1", "train.seed=3"]), run)
+    code = main(["train", "--dataset", str(generated_dataset), "--out", str(run), "--resume",
+                 "--set", "train.epochs=2"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text())["timing"]["epochs"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["seed"] == 3 and config["model"]["dim"] == 16
+    # a setting a resume may not change is still refused, in one line, and the run is left as it was
+    code = main(["train", "--dataset", str(generated_dataset), "--out", str(run), "--resume",
+                 "--set", "model.dim=32"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.dim 16 -> 32" in err and "Traceback" not in err, err
+    assert json.loads((run / "metrics.json").read_text())["timing"]["epochs"] == 2

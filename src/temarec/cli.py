@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from temarec import __version__
-from temarec.config import explicit_keys, load_config, read_yaml
+from temarec.config import explicit_keys, load_config, read_yaml, resumed_config
 from temarec.models.registry import model_names
 
 log = logging.getLogger("temarec")
@@ -45,8 +45,9 @@ def _config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from temarec.runs import train_run
 
-    cfg = load_config(args.config, [*(args.set or []), *([f"model.name={args.model}"] if args.model else [])])
-    metrics = train_run(args.dataset, cfg, args.out, resume=args.resume)
+    overrides = [*(args.set or []), *([f"model.name={args.model}"] if args.model else [])]
+    cfg = resumed_config(args.out, overrides) if args.resume and args.config is None else None
+    metrics = train_run(args.dataset, cfg or load_config(args.config, overrides), args.out, resume=args.resume)
     from temarec.evaluation import format_report
 
     if metrics:  # under torchrun only rank 0 returns metrics

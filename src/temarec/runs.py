@@ -400,8 +400,8 @@ def _resume_record(out: Path, cfg: Config) -> list[dict[str, Any]]:
     if fixed:
         listing = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
         raise ValueError(f"--resume: {out} was trained with other settings ({listing}); a resumed run may change "
-                         f"only {', '.join(sorted(RESUMABLE_SETTINGS))}. Resume with the run's own settings "
-                         f"(--config {out / 'config.json'}, plus --set for those) or train into a new --out")
+                         f"only {', '.join(sorted(RESUMABLE_SETTINGS))}. Resume without --config (the run's own settings "
+                         f"are then the base) and --set only those, or train into a new --out")
     done = int(load_state(out / STATE)["epoch"]) if (out / STATE).is_file() else 0
     earlier = read_json(out / "run.json", _DAMAGED).get("resumes", []) if (out / "run.json").is_file() else []
     if changed:
