@@ -338,15 +338,11 @@ def _format_significance(results: dict[str, Any]) -> list[str]:
              "| protocol | domain | model | against | ΔMRR (across seeds) | 95% interval | p (across seeds) "
              "| p per seed |",
              "|---|---|---|---|---:|---:|---:|---|"]
-    for protocol, by_domain in results["significance"].items():
-        for domain, by_model in by_domain.items():
-            for model, r in by_model.items():
-                a = r["across_seeds"]
-                per = ", ".join(f"{s}: {format_p(v['p'])}" for s, v in r["per_seed"].items())
-                low, high = a.get("ci95", (None, None))  # results.json of older reports has no interval
-                interval = "—" if low is None else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
-                lines.append(f"| {protocol} | {domain} | {model} | {r['against']} | {100 * a['mean_diff']:+.2f} "
-                             f"| {interval} | {format_p(a['p'])} | {per} |")
+    for protocol, domain, model, r in _by_protocol_domain_model(results["significance"]):
+        a = r["across_seeds"]
+        per = ", ".join(f"{s}: {format_p(v['p'])}" for s, v in r["per_seed"].items())
+        lines.append(f"| {protocol} | {domain} | {model} | {r['against']} | {100 * a['mean_diff']:+.2f} "
+                     f"| {_interval(a)} | {format_p(a['p'])} | {per} |")
     lines += _format_against_pop(results.get("against_pop"))
     slices = results["slices"]
     names = list(SLICES)
@@ -354,12 +350,24 @@ def _format_significance(results: dict[str, Any]) -> list[str]:
               "cold: the target never occurs in training; own-domain history: the history holds an item of the "
               "target's domain.", "",
               "| protocol | domain | model | " + " | ".join(names) + " |", "|---|---|---|" + "---:|" * len(names)]
-    for protocol, by_domain in slices.items():
-        for domain, by_model in by_domain.items():
-            for model, cells in by_model.items():
-                row = " | ".join(f"{_pct(cells[n]['mrr'])} (n={cells[n]['n']:,})" for n in names)
-                lines.append(f"| {protocol} | {domain} | {model} | {row} |")
+    for protocol, domain, model, cells in _by_protocol_domain_model(slices):
+        row = " | ".join(f"{_pct(cells[n]['mrr'])} (n={cells[n]['n']:,})" for n in names)
+        lines.append(f"| {protocol} | {domain} | {model} | {row} |")
     return lines
+
+
+def _by_protocol_domain_model(nested: dict[str, Any]):
+    """(protocol, domain, model, value) over a report's {protocol: {domain: {model: value}}}."""
+    for protocol, by_domain in nested.items():
+        for domain, by_model in by_domain.items():
+            for model, value in by_model.items():
+                yield protocol, domain, model, value
+
+
+def _interval(across: dict[str, Any]) -> str:
+    """A comparison's bootstrap interval in points ("—" in results.json written before intervals existed)."""
+    low, high = across.get("ci95", (None, None))
+    return "—" if low is None else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def _format_against_pop(against: dict[str, Any] | None) -> list[str]:
@@ -371,14 +379,11 @@ def _format_against_pop(against: dict[str, Any] | None) -> list[str]:
              "interval of ΔMRR (across seeds) excludes 0; not shown: it covers 0.", "",
              "| protocol | domain | model | ΔMRR vs pop | 95% interval | p (Wilcoxon) | ΔMRR per seed | verdict |",
              "|---|---|---|---:|---:|---:|---|---|"]
-    for protocol, by_domain in against["tests"].items():
-        for domain, by_model in by_domain.items():
-            for model, r in by_model.items():
-                a = r["across_seeds"]
-                per = ", ".join(f"{s}: {100 * v['mean_diff']:+.2f}" for s, v in r["per_seed"].items())
-                lines.append(f"| {protocol} | {domain} | {model} | {100 * a['mean_diff']:+.2f} "
-                             f"| [{100 * a['ci95'][0]:+.2f}, {100 * a['ci95'][1]:+.2f}] | {format_p(a['p'])} "
-                             f"| {per} | {verdict(a['ci95'])} |")
+    for protocol, domain, model, r in _by_protocol_domain_model(against["tests"]):
+        a = r["across_seeds"]
+        per = ", ".join(f"{s}: {100 * v['mean_diff']:+.2f}" for s, v in r["per_seed"].items())
+        lines.append(f"| {protocol} | {domain} | {model} | {100 * a['mean_diff']:+.2f} | {_interval(a)} "
+                     f"| {format_p(a['p'])} | {per} | {verdict(a['ci95'])} |")
     return lines
 
 
