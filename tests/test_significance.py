@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from temarec.significance import (against_reference, best_other, bootstrap_mean_diff, compare, verdict, instance_frame, significance_report, slice_mrr,
-                                  wilcoxon_rr)
+from temarec.significance import (against_reference, best_other, bootstrap_mean_diff, compare, instance_frame,
+                                  significance_report, slice_mrr, verdict, wilcoxon_rr)
 
 
 def test_identical_ranks_have_nothing_to_test():

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from temarec import __version__
-from temarec.config import explicit_keys, load_config, read_yaml, resumed_config
+from temarec.config import explicit_keys, load_config, read_yaml
 from temarec.models.registry import model_names
 
 log = logging.getLogger("temarec")
@@ -43,7 +43,7 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from temarec.runs import train_run
+    from temarec.runs import resumed_config, train_run
 
     overrides = [*(args.set or []), *([f"model.name={args.model}"] if args.model else [])]
     cfg = resumed_config(args.out, overrides) if args.resume and args.config is None else None

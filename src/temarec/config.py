@@ -402,19 +402,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.replace(**own) if own else cfg
 
 
-def resumed_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config | None:
-    """``train --resume`` without ``--config``: the run's own config.json (upgraded to today's layout) <- ``--set``
-    overrides, so only the settings a resume may change need giving. None when the folder holds no readable
-    config.json (training then says why it cannot resume)."""
-    path = Path(run_dir) / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    cfg = Config.from_dict(upgrade_config(raw))
-    return cfg.replace(**parse_overrides(overrides)) if overrides else cfg
-
-
 def explicit_keys(raw: dict[str, Any], overrides: list[str] | None) -> frozenset[str]:
     """The "section.key" names a user gave, in a YAML file's sections ``raw`` or as ``--set`` overrides."""
     return frozenset(flatten(raw)) | frozenset(parse_overrides(overrides))

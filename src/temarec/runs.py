@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from temarec.checkpoint import load_file_tensors, load_state, load_weights, save_weights, set_weights
-from temarec.config import RESUMABLE_SETTINGS, Config, upgrade_config
+from temarec.config import RESUMABLE_SETTINGS, Config, parse_overrides, upgrade_config
 from temarec.data.dataset import NEGATIVE_PRESETS, Dataset, missing_target_domains
 from temarec.evaluation import evaluate, evaluate_with_ranks, format_report, split_batches
 from temarec.fileio import atomic_dir, read_json, write_json_atomic, write_parquet_atomic, write_text_atomic
@@ -141,6 +141,16 @@ def read_config(run: Path) -> dict[str, Any]:
 
 
 _DAMAGED = "the run folder is damaged: train the run again into a new --out"
+
+
+def resumed_config(run: str | Path, overrides: list[str] | None = None) -> Config | None:
+    """``train --resume`` without ``--config``: the run's own config.json (read_config) <- ``--set`` overrides, so
+    only the settings a resume may change need giving. None when the folder holds no config.json (training then
+    says why it cannot resume)."""
+    if not (Path(run) / "config.json").is_file():
+        return None
+    cfg = Config.from_dict(read_config(Path(run)))
+    return cfg.replace(**parse_overrides(overrides)) if overrides else cfg
 
 
 def check_run_items(run: Path, dataset: Dataset) -> None:
@@ -400,8 +410,8 @@ def _resume_record(out: Path, cfg: Config) -> list[dict[str, Any]]:
     if fixed:
         listing = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in fixed.items())
         raise ValueError(f"--resume: {out} was trained with other settings ({listing}); a resumed run may change "
-                         f"only {', '.join(sorted(RESUMABLE_SETTINGS))}. Resume without --config (the run's own settings "
-                         f"are then the base) and --set only those, or train into a new --out")
+                         f"only {', '.join(sorted(RESUMABLE_SETTINGS))}. Resume without --config (the run's own "
+                         f"settings are then the base) and --set only those, or train into a new --out")
     done = int(load_state(out / STATE)["epoch"]) if (out / STATE).is_file() else 0
     earlier = read_json(out / "run.json", _DAMAGED).get("resumes", []) if (out / "run.json").is_file() else []
     if changed:
