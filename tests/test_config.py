@@ -38,6 +38,7 @@ def test_json_round_trip():
     (["train.lr=-1"], "train.lr must be a finite number > 0"),
     (["train.epochs=two"], "train.epochs must be an integer"),
     (["model.name=bert4rec"], "model.name must be one of"),
+    (["model.negative_power=2"], r"model.negative_power must be in \[0, 1\], got 2.0"),
     (["model.tema.alpha=[0.6,0.3,0.3]"], "summing to <= 1"),
     (["model.dim=30", "model.heads=4"], "divisible"),
     (["lr=1"], "section.key=value"),

@@ -130,6 +130,9 @@ class ModelConfig:
     # validation MRR for TEMA, see docs/BENCHMARKS.md, so it is opt-in)
     loss: str = "full"
     num_sampled: int = 1024
+    # sampled loss: negatives drawn with probability q ∝ (training count + 1) ** negative_power within the target's
+    # domain, each logit corrected by -log(S q) (log-Q); 0 = uniform (the default), 1 = by popularity
+    negative_power: float = 0.0
     # the model.<name> sections given, {model name: instance of its settings_class}; the selected model's own
     # section is always present (its defaults when none was given)
     specific: Mapping[str, Any] = field(default_factory=dict)
@@ -144,6 +147,7 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.loss in {"full", "sampled"}, f"model.loss must be full or sampled, got {self.loss!r}")
         _check(self.num_sampled >= 1, "model.num_sampled must be >= 1")
+        _check(0.0 <= self.negative_power <= 1.0, f"model.negative_power must be in [0, 1], got {self.negative_power}")
         specific = dict(self.specific)
         for key, value in specific.items():
             _check(key in names, f"model.{key} is not a model's section; models: {', '.join(names)}")

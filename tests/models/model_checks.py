@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from temarec.config import load_config
@@ -15,7 +16,9 @@ from temarec.data.batches import pad_histories
 from temarec.models.base import ModelContext
 from temarec.runs import load_run, train_run
 
-CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12)
+# training counts (skewed, one item never seen): read only by popularity-drawn negatives (model.negative_power)
+CTX = ModelContext(domain_sizes=(7, 5), domains=("Food", "Kitchen"), max_len=12,
+                   item_counts=np.array([9.0, 1, 0, 4, 2, 2, 1, 6, 0, 3, 1, 1]))
 HISTORY = torch.tensor([[0, 0, 0, 3, 9, 1],  # ids 1..7 are Food, 8..12 Kitchen; 0 = padding
                         [2, 8, 12, 4, 4, 10],
                         [0, 0, 0, 0, 0, 11]])  # no Food item at all

@@ -53,9 +53,10 @@ def test_eval_chunks_give_the_same_scores():
         torch.testing.assert_close(model.score_domain(HISTORY, 0), small.score_domain(HISTORY, 0))
 
 
-@pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_loss_decreases_when_overfitting(overfit, loss, one_thread):
-    losses = overfit(make_model(loss=loss, num_sampled=4), lr=3e-2, steps=40)  # fixture in tests/conftest.py
+@pytest.mark.parametrize("loss, power", [("full", 0.0), ("sampled", 0.0), ("sampled", 1.0)])
+def test_loss_decreases_when_overfitting(overfit, loss, power, one_thread):
+    """power 1: the towers' and the item-similarity term's negatives drawn by training count (log-Q corrected)."""
+    losses = overfit(make_model(loss=loss, num_sampled=4, negative_power=power), lr=3e-2, steps=40)  # conftest.py
     assert_losses_halve(losses)
 
 

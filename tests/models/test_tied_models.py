@@ -45,7 +45,8 @@ def test_all_padding_history_gives_finite_scores(make_model):
     assert_empty_histories_give_finite_scores(make_model())
 
 
-@pytest.mark.parametrize("loss", ["full", "sampled"])
-def test_loss_decreases_when_overfitting(make_model, overfit, loss):
-    losses = overfit(make_model(loss=loss, num_sampled=4), lr=3e-2, steps=50)  # fixture in tests/conftest.py
+@pytest.mark.parametrize("loss, power", [("full", 0.0), ("sampled", 0.0), ("sampled", 1.0)])
+def test_loss_decreases_when_overfitting(make_model, overfit, loss, power):
+    """power 1: the sampled loss's negatives drawn by training count, log-Q corrected (model.negative_power)."""
+    losses = overfit(make_model(loss=loss, num_sampled=4, negative_power=power), lr=3e-2, steps=50)  # tests/conftest.py
     assert_losses_halve(losses)

@@ -18,7 +18,7 @@ from torch import nn
 from temarec.config import ModelConfig
 from temarec.models.attention import last_states, next_item_states
 from temarec.models.registry import register
-from temarec.models.softmax import full_log_prob, sampled_log_prob
+from temarec.models.softmax import full_log_prob, negative_log_q, sampled_log_prob
 
 
 @dataclass
@@ -39,6 +39,13 @@ class ModelContext:
         """Rows of the (padded) item matrix that belong to ``domain``: idx + 1 for pad at row 0."""
         start = 1 + (0 if domain == 0 else self.domain_sizes[0])
         return slice(start, start + self.domain_sizes[domain])
+
+    def negative_log_q(self, domain: int, power: float) -> torch.Tensor | None:
+        """(N_domain,) log-probability of drawing each item of ``domain`` as a sampled negative
+        (``model.negative_power``), from its training count; None: uniform draws."""
+        sl = self.domain_slice(domain)
+        counts = None if self.item_counts is None else self.item_counts[sl.start - 1:sl.stop - 1]
+        return negative_log_q(counts, power)
 
 
 class SequentialModel(nn.Module):
@@ -153,7 +160,7 @@ class TiedItemModel(SequentialModel):
         Histories are encoded in groups of similar length (``next_item_states``): exact, as the encoders ignore
         left padding."""
         h, targets = next_item_states(seqs, lambda inputs, scored: self.encode(inputs)[scored])  # (P, D), (P,)
-        return next_item_loss(h, targets, self.item_emb, self.ctx, self.cfg.loss, self.cfg.num_sampled)
+        return next_item_loss(h, targets, self.item_emb, self.ctx, self.cfg)
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """history (B, L) -> (B, N_domain) scores from the state after the most recent item."""
@@ -178,15 +185,16 @@ def domain_of_ids(ids: torch.Tensor, n_first: int) -> torch.Tensor:
 
 
 def next_item_loss(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor | nn.Module, ctx: ModelContext,
-                   mode: str, num_sampled: int) -> torch.Tensor:
+                   cfg: ModelConfig) -> torch.Tensor:
     """Cross-entropy of the next item, softmax restricted to the target's own domain.
 
     h (P, D) states at scored positions; targets (P,) ids (idx + 1, no padding); ``items`` the item rows: a
     matrix (1 + N_all, D) with the padding row at 0, or a module looking rows up by id (an ``nn.Embedding``).
-    ``full``: exact softmax over every item of the target's domain. ``sampled``: per domain, ``num_sampled``
-    shared negatives drawn uniformly from that domain; uniform sampling means the log-Q correction is a
-    constant per domain and cancels, so only accidental hits of the target are masked. Both are
-    ``temarec.models.softmax``, the softmax of TEMA's heads (SASRec = TEMA's ID-only merged head).
+    ``cfg.loss`` ``full``: exact softmax over every item of the target's domain. ``sampled``: per domain,
+    ``cfg.num_sampled`` shared negatives drawn from that domain, uniformly (``cfg.negative_power`` 0: the log-Q
+    correction is a constant per domain and cancels, so only accidental hits of the target are masked) or by
+    training count with the log-Q correction. Both are ``temarec.models.softmax``, the softmax of TEMA's heads
+    (SASRec = TEMA's ID-only merged head).
     """
     def rows_of(ids: torch.Tensor) -> torch.Tensor:  # (K,) padded ids -> (1, K, D)
         return (items(ids) if isinstance(items, nn.Module) else items[ids])[None]
@@ -199,9 +207,10 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor |
             continue
         sl, n = ctx.domain_slice(d), ctx.domain_sizes[d]
         hs, local = h[rows][None, None], targets[rows] - sl.start  # (1, 1, P_d, D), (P_d,) index within the domain
-        if mode == "full" or num_sampled >= n:  # sampling all items: exact is cheaper
+        if cfg.loss == "full" or cfg.num_sampled >= n:  # sampling all items: exact is cheaper
             log_p = full_log_prob(hs, rows_of(torch.arange(sl.start, sl.stop, device=h.device)), local)
         else:
-            log_p = sampled_log_prob(hs, rows_of, local, n, sl.start, num_sampled, correction=False)
+            log_p = sampled_log_prob(hs, rows_of, local, n, sl.start, cfg.num_sampled, correction=False,
+                                     log_q=ctx.negative_log_q(d, cfg.negative_power))
         total = total - log_p.sum()
     return total / max(1, targets.numel())

@@ -319,8 +319,7 @@ class C2DSR(SequentialModel):
     def _head_loss(self, states: torch.Tensor, labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """states (P, D) -> next-item CE over the label's domain; the head's last column is the item's bias."""
         ones = torch.ones_like(states[:, :1])
-        return next_item_loss(torch.cat([states, ones], 1), labels, matrix, self.ctx, self.cfg.loss,
-                              self.cfg.num_sampled)
+        return next_item_loss(torch.cat([states, ones], 1), labels, matrix, self.ctx, self.cfg)
 
     def infomax(self, inputs: torch.Tensor, h: torch.Tensor, h_single: tuple[torch.Tensor, torch.Tensor],
                 is_y: torch.Tensor, merged_t: torch.Tensor) -> torch.Tensor:

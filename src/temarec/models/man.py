@@ -20,6 +20,7 @@ attention per candidate). Every reading is in docs/DESIGN.md ("MAN").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, ne
 from temarec.models.domain_views import (DomainView, domain_view, gather_time, local_ids, prefix_mean,
                                          view_encoders)
 from temarec.models.attention import FeedForward
+from temarec.models.softmax import draw_negatives
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,7 @@ class MAN(SequentialModel):
                 n_sim += rows.numel()
         pad = self.global_encoder.item_emb.weight.new_zeros(1, 2 * self.cfg.dim)
         items = torch.cat([pad, *[torch.cat([self.local_table(d), self.global_table(d)], dim=-1) for d in (0, 1)]])
-        tower_loss = next_item_loss(torch.cat(users), torch.cat(wanted), items, self.ctx, self.cfg.loss,
-                                    self.cfg.num_sampled)
+        tower_loss = next_item_loss(torch.cat(users), torch.cat(wanted), items, self.ctx, self.cfg)
         return tower_loss + sim_loss / max(1, n_sim)
 
     def similarity_positions(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,15 +267,19 @@ class MAN(SequentialModel):
     def position_loss(self, feats: Features, rows: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
                       domain: int) -> torch.Tensor:
         """Cross-entropy of the full score (towers + item similarity) of rows ``rows`` (R,) at positions ``t``
-        (R,), target (R,) merged ids of ``domain``, against min(num_sampled, N) shared uniform negatives."""
+        (R,), target (R,) merged ids of ``domain``, against min(num_sampled, N) shared negatives, drawn as the
+        harness loss draws them (``model.negative_power``; log-Q corrected when not uniform)."""
         n, start = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start
-        neg = torch.randint(0, n, (min(self.cfg.num_sampled, n),), device=target.device)  # (S,) local indices
+        log_q = self.ctx.negative_log_q(domain, self.cfg.negative_power)
+        neg = draw_negatives(n, min(self.cfg.num_sampled, n), log_q, target.device)  # (S,) local indices
         cand = torch.cat([(target - start)[:, None], neg.expand(len(rows), -1)], dim=1)  # (R, 1 + S)
         local_e, glob_e = self.local_table(domain)[cand], self.global_table(domain)[cand]  # (R, 1 + S, D)
         u_l, u_g = feats.local[rows, t], feats.glob[rows, t]  # (R, D)
         logits = (local_e @ u_l[..., None] + glob_e @ u_g[..., None]).squeeze(-1)  # (R, 1 + S)
         keys, valid = feats.window(rows, t, self.settings.similarity_window)  # (R, W, D), (R, W)
         logits = logits + self.similarity[domain](keys, valid, local_e)
+        if log_q is not None:
+            logits = logits - (math.log(neg.numel()) + log_q[cand])
         hit = cand[:, 1:] == cand[:, :1]  # a negative that is the target is not a negative
         logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(hit, float("-inf"))], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long, device=logits.device))

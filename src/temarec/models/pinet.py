@@ -162,7 +162,7 @@ class PiNet(SequentialModel):
         target_dom = domain_of_ids(targets, self.ctx.domain_sizes[0])  # (B, L)
         h = torch.where(target_dom[..., None] == 0, h[0], h[1])  # (B, L, 2D + 1)
         mask = targets > 0
-        return next_item_loss(h[mask], targets[mask], self.out, self.ctx, self.cfg.loss, self.cfg.num_sampled)
+        return next_item_loss(h[mask], targets[mask], self.out, self.ctx, self.cfg)
 
     def score_domain(self, history: torch.Tensor, domain: int) -> torch.Tensor:
         """history (B, L) -> (B, N_domain) from the state after the most recent item."""

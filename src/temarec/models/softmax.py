@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 LOGIT_CHUNK = 1 << 19  # logits held at once by a head's normaliser (2 MB in float32: stays in cache)
@@ -65,11 +66,18 @@ def _chunk_logits(x: torch.Tensor, w: torch.Tensor, start: int, rows: int, drop_
 
 
 def log_normaliser(hs: torch.Tensor, cand: torch.Tensor,
-                    left_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """hs (V, M, P, D), cand (M, C, D) -> (V, M, P) log sum_c exp(h . e_c) per head, through ChunkedLogSumExp.
+                    left_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """hs (V, M, P, D), cand (M, C, D) -> (V, M, P) log sum_c exp(h . e_c + bias_c) per head, through
+    ChunkedLogSumExp.
 
     ``left_out``: (position, candidate) index pairs excluded from every view's sum (accidental hits).
+    ``bias`` (C,): a constant added to each candidate's logit (the log-Q correction), carried as one more
+    dimension: a column of ones on the states against the bias on the candidates.
     """
+    if bias is not None:
+        hs = torch.cat([hs, hs.new_ones(*hs.shape[:-1], 1)], dim=-1)
+        cand = torch.cat([cand, bias.to(cand.dtype).expand(cand.shape[0], -1)[..., None]], dim=-1)
     V, M, P, D = hs.shape
     x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P rows: each view's positions
     rows, cols = left_out if left_out is not None else (hs.new_empty(0, dtype=torch.long),) * 2
@@ -87,22 +95,47 @@ def full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) ->
 
 
 def sampled_log_prob(hs: torch.Tensor, item_rows: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor,
-                     n: int, start: int, num_sampled: int, correction: bool) -> torch.Tensor:
-    """Softmax over the target and ``num_sampled`` shared negatives drawn uniformly from its domain.
+                     n: int, start: int, num_sampled: int, correction: bool,
+                     log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax over the target and ``num_sampled`` shared negatives drawn from its domain.
 
     hs (V, M, P, D) query states; ``item_rows(ids (K,)) -> (M, K, D)`` candidate rows of padded item ids;
     target (P,) local indices in a domain of ``n`` items whose first padded id is ``start`` -> (V, M, P).
     Accidental hits (the target drawn as one of its own negatives) are left out of the normaliser.
-    ``correction``: each negative stands for (n - 1) / S items, so the sum estimates the full normaliser and
-    the probability stays calibrated (TEMA mixes probabilities); without it, the plain softmax over target +
-    negatives (SASRec's sampled loss; with uniform draws the log-Q correction is a constant that cancels).
+    ``log_q`` (n,): the log-probability of drawing each item (``negative_log_q``); None draws uniformly.
+    ``correction``: each negative stands for (n - 1) / S items (uniform), 1 / (S q) items in general, so the sum
+    estimates the full normaliser and the probability stays calibrated (TEMA mixes probabilities); without it,
+    the plain softmax over target + negatives (SASRec's sampled loss; with uniform draws the log-Q correction is
+    a constant that cancels, with ``log_q`` every logit, the target's too, gets -log(S q)).
     """
     P = len(target)
-    neg = torch.randint(0, n, (num_sampled,), device=hs.device)  # (S,)
+    neg = draw_negatives(n, num_sampled, log_q, hs.device)  # (S,)
     uniq, inv = torch.unique(torch.cat([target, neg]) + start, return_inverse=True)
     cand = item_rows(uniq)[:, inv]  # (M, P + S, D): the items this batch needs, each looked up once
     pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
     hits = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # (position, negative) pairs
-    lse = log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
-    shift = math.log((n - 1) / num_sampled) if correction else 0.0
-    return pos - torch.logaddexp(pos, lse + shift)  # (V, M, P)
+    if log_q is None:
+        lse = log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
+        shift = math.log((n - 1) / num_sampled) if correction else 0.0
+        return pos - torch.logaddexp(pos, lse + shift)  # (V, M, P)
+    adjust = -(math.log(num_sampled) + log_q)  # (n,) -log(S q) of each item
+    lse = log_normaliser(hs, cand[:, P:].contiguous(), hits, bias=adjust[neg])  # (V, M, P)
+    if not correction:
+        pos = pos + adjust[target]
+    return pos - torch.logaddexp(pos, lse)  # (V, M, P)
+
+
+def draw_negatives(n: int, num_sampled: int, log_q: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """``num_sampled`` local indices of a domain of ``n`` items: uniform, or with replacement from exp(log_q)."""
+    if log_q is None:
+        return torch.randint(0, n, (num_sampled,), device=device)
+    return torch.multinomial(log_q.exp(), num_sampled, replacement=True).to(device)
+
+
+def negative_log_q(counts: np.ndarray | None, power: float) -> torch.Tensor | None:
+    """counts (n,) training interactions of a domain's items -> (n,) log q, q ∝ (count + 1) ** power, or None
+    (uniform draws) for power 0 (``model.negative_power``)."""
+    if power == 0.0 or counts is None:
+        return None
+    log_w = power * torch.log1p(torch.as_tensor(counts, dtype=torch.float64))
+    return (log_w - log_w.logsumexp(0)).float()

@@ -214,7 +214,7 @@ class SRGNN(SequentialModel):
         inputs, targets = seqs[:, :-1], seqs[:, 1:]  # (B, L) each
         ends = (targets > 0) & (inputs > 0)  # (B, L) prefixes with an item and a target
         s = self.sessions(inputs, ends)  # (P, D)
-        loss = next_item_loss(s, targets[ends], self.item_emb.weight, self.ctx, self.cfg.loss, self.cfg.num_sampled)
+        loss = next_item_loss(s, targets[ends], self.item_emb.weight, self.ctx, self.cfg)
         if self.settings.l2 > 0:  # d/dθ of l2/2 |θ|^2 is l2 θ, what Adam(weight_decay=l2) adds in the official code
             loss = loss + 0.5 * self.settings.l2 * sum(w.pow(2).sum() for w in self.parameters())
         return loss

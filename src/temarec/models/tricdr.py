@@ -204,8 +204,7 @@ class TriCDR(SequentialModel):
                 n_last += int(last.sum())
         if not users:
             return sum(p.sum() for p in self.parameters()) * 0.0  # connected, so backward still runs
-        rec = next_item_loss(torch.cat(users), torch.cat(wanted), self.item_matrix_normalised(), self.ctx,
-                             self.cfg.loss, self.cfg.num_sampled)
+        rec = next_item_loss(torch.cat(users), torch.cat(wanted), self.item_matrix_normalised(), self.ctx, self.cfg)
         return rec + tcl / max(1, n_last)
 
     def contrastive_loss(self, parts: dict[str, torch.Tensor], domain: int) -> torch.Tensor:

@@ -283,11 +283,12 @@ class TEMA(SequentialModel):
         """h (V, M, P, D), local (P,) targets of ``domain`` -> log P_m^V(target) (V, M, P), full or sampled."""
         n, hs = self.ctx.domain_sizes[domain], self.scaled(h)
         if self.cfg.loss == "sampled" and self.cfg.num_sampled < n:
-            # the softmax over the target and S shared negatives drawn uniformly from its domain (docs/DESIGN.md);
+            # the softmax over the target and S shared negatives drawn from its domain (docs/DESIGN.md);
             # model.tema.sampled_correction calibrates P_m like the full softmax's (eq. 13 mixes probabilities)
             return sampled_log_prob(hs, lambda ids: self.candidates(self.items(ids, fuse=False)[0]), local, n,
                                     self.ctx.domain_slice(domain).start, self.cfg.num_sampled,
-                                    self.settings.sampled_correction)
+                                    self.settings.sampled_correction,
+                                    self.ctx.negative_log_q(domain, self.cfg.negative_power))
         return full_log_prob(hs, self.candidates(self.domain_items(domain)), local)
 
     def position_states(self, seqs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
