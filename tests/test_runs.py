@@ -155,3 +155,26 @@ def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(generated_datas
     assert again["timing"]["epochs"] == epochs and again["test"] == first["test"]
     longer = train_run(generated_dataset, cfg.replace(**{"train.patience": "2"}), out, resume=True)
     assert longer["timing"]["epochs"] > epochs  # a larger patience trains on
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"model.name": "sasrec", "model.loss": "full"}, "full softmax over the target's domain"),
+    ({"model.name": "sasrec", "model.loss": "sampled", "model.num_sampled": "16"},
+     "sampled softmax: 16 shared negatives of the target's domain drawn uniformly"),
+    ({"model.name": "gru4rec", "model.loss": "sampled", "model.num_sampled": "16", "model.negative_power": "0.75"},
+     "drawn with probability ∝ (training count + 1)^0.75, log-Q corrected"),
+    ({"model.name": "tema", "model.tema.modalities": "id", "model.loss": "sampled", "model.num_sampled": "16"},
+     "uniformly, normaliser calibrated"),
+    ({"model.name": "man", "model.loss": "full"}, "towers: full softmax over the target's domain; full score at"),
+    ({"model.name": "abxi"}, "InfoNCE (tau 0.75)"),
+    ({"model.name": "pop"}, "none: fitted from the training interactions"),
+])
+def test_every_report_names_the_training_loss(generated_dataset, overrides, expected):
+    """metrics.json's protocol.training, printed as 'training:' by `temarec train` and `evaluate` and per model by
+    `temarec bench`: rows trained with different losses must say so."""
+    from temarec.data.dataset import Dataset
+    from temarec.runs import build_model, protocol_info
+
+    dataset = Dataset.load(generated_dataset)
+    cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    assert expected in protocol_info(dataset, cfg, build_model(dataset, cfg))["training"]

@@ -107,6 +107,7 @@ def test_pop_beats_random_and_cli_end_to_end(generated_dataset, tmp_path, capsys
                      str(tmp_path / model)]) == 0
     out = capsys.readouterr().out
     assert "protocol:" in out and "encoders:" in out and "tags:" in out and "data:" in out
+    assert "training:  none: fitted from the training interactions" in out
     mrr = {m: json.loads((tmp_path / m / "metrics.json").read_text())["test"]["sampled"]["Kitchen"]["mrr"]
            for m in ("random", "pop")}
     assert mrr["pop"] > 2 * mrr["random"]

@@ -202,6 +202,8 @@ def format_report(metrics: dict[str, Any]) -> str:
         f"encoders:  {p['encoders']}",
         f"tags:      {p['tags']}",
     ]
+    if p.get("training"):  # runs before the field existed do not have it
+        head.append(f"training:  {p['training']}")
     if p.get("notes"):
         head.append(f"notes:     {p['notes']}")
     head += [f"learned:   {line}" for line in _flat_lines(metrics.get("learned", {}))]

@@ -296,11 +296,12 @@ def format_results(results: dict[str, Any]) -> str:
         "- protocol, full: the target's rank among all items of its domain",
         f"- model selection: {first['selection']}; test scored once for the selected checkpoint",
         f"- seeds: {seeds_line}; cells are mean ± sample std over seeds, metrics in %",
-        "- encoders and tag source per model:",
+        "- training loss, encoders and tag source per model:",
     ]
     for name, p in protocols.items():
+        training = f"trained with {p['training']}; " if p.get("training") else ""
         note = f"; notes: {p['notes']}" if p.get("notes") else ""
-        lines.append(f"  - {name}: encoders {p['encoders']}; tags {p['tags']}{note}")
+        lines.append(f"  - {name}: {training}encoders {p['encoders']}; tags {p['tags']}{note}")
     titles = {"sampled": f"sampled protocol ({first['negatives']} negatives, preset {_presets(protocols)})",
               "full": "full ranking"}
     for protocol in PROTOCOLS:

@@ -76,7 +76,8 @@ def build_model(dataset: Dataset, cfg: Config) -> SequentialModel:
 
 
 def protocol_info(dataset: Dataset, cfg: Config, model: SequentialModel) -> dict[str, Any]:
-    """What every report names: model, data, negatives, selection rule, encoders, tag source, notes."""
+    """What every report names: model, data, negatives, selection rule, training loss, encoders, tag source,
+    notes."""
     sources = type(model).describe_sources(dataset, cfg)
     return {
         "model": cfg.model.name,
@@ -87,6 +88,7 @@ def protocol_info(dataset: Dataset, cfg: Config, model: SequentialModel) -> dict
         "negatives_rule": NEGATIVE_PRESETS[cfg.eval.negatives],
         "negative_seed": dataset.manifest["negatives"]["seed"],
         "selection": "best validation sampled MRR (mean over domains)",
+        "training": type(model).describe_training(dataset, cfg),
         "encoders": sources["encoders"],
         "tags": sources["tags"],
         "notes": sources.get("notes", ""),

@@ -140,8 +140,8 @@ def test_train_resume_and_recommend_on_the_generated_world(generated_dataset, tm
     cfg = load_config(None, TINY_RUN)
     first = train_run(generated_dataset, cfg, out)
     assert first["protocol"]["model"] == "abxi" and first["timing"]["epochs"] == 1
-    assert "InfoNCE" in first["protocol"]["notes"]  # the loss is named in every report
-    assert "InfoNCE (tau 0.75) over 4 + 4" in first["protocol"]["notes"]  # model.abxi.* reached the model
+    assert "InfoNCE (tau 0.75) over 4 + 4" in first["protocol"]["training"]  # named in every report; model.abxi.*
+    assert "model.loss does not apply" in first["protocol"]["training"]  # reached the model
     m = train_run(generated_dataset, cfg.replace(**{"train.epochs": "2"}), out, resume=True)
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     for domain in ("Food", "Kitchen"):

@@ -405,7 +405,8 @@ def test_describe_sources_names_weights_views_and_loss(tmp_path):
     assert sources["tags"].startswith("none") and sources["encoders"].startswith("none")
     notes = sources["notes"]
     assert "id 1.00 (renormalised: img, txt, tag not used)" in notes
-    assert "X = the target's domain" in notes and "sampled softmax (100 shared" in notes
+    assert "X = the target's domain" in notes
+    assert TEMA.describe_training(dataset, cfg).startswith("sampled softmax: 100 shared negatives")
     assert TEMA.context_extras(dataset, cfg) == {"modalities": ("id",)}
 
 

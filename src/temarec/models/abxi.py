@@ -156,11 +156,13 @@ class ABXI(SequentialModel):
 
     @classmethod
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
+        return {"encoders": "none (ID-only model)", "tags": "none (model uses no tags)"}
+
+    @classmethod
+    def describe_training(cls, dataset: Any, cfg: Any) -> str:
         s = cfg.model.specific.get(cls.name) or ABXISettings()
-        return {"encoders": "none (ID-only model)", "tags": "none (model uses no tags)",
-                "notes": f"loss: InfoNCE (tau {s.temperature}) over {s.negatives_per_domain} + "
-                         f"{s.negatives_per_domain} sampled negatives of the two domains per sequence "
-                         "(model.loss does not apply)"}
+        return (f"InfoNCE (tau {s.temperature}) over {s.negatives_per_domain} + {s.negatives_per_domain} sampled "
+                "negatives of the two domains per sequence (model.loss does not apply)")
 
     def _init_weights(self) -> None:
         """As the official code: linears N(0, 0.02), biases 0; embeddings truncated N(0, 0.02) in [-0.04, 0.04]."""

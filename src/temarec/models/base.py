@@ -18,7 +18,7 @@ from torch import nn
 from temarec.config import ModelConfig
 from temarec.models.attention import last_states, next_item_states
 from temarec.models.registry import register
-from temarec.models.softmax import full_log_prob, negative_log_q, sampled_log_prob
+from temarec.models.softmax import describe_loss, full_log_prob, negative_log_q, sampled_log_prob
 
 
 @dataclass
@@ -91,6 +91,15 @@ class SequentialModel(nn.Module):
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
         """What produced the model's inputs, for every report: encoders, tag source, notes."""
         return {"encoders": "none (ID-only model)", "tags": "none (model uses no tags)"}
+
+    @classmethod
+    def describe_training(cls, dataset: Any, cfg: Any) -> str:
+        """How the model was trained, for every report: the next-item softmax of ``model.loss`` unless the model
+        trains otherwise (then it says so here)."""
+        if not cls.trainable:
+            return "none: fitted from the training interactions"
+        m = cfg.model
+        return describe_loss(m.loss, m.num_sampled, m.negative_power, tuple(dataset.domain_sizes))
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """The training loss, so DistributedDataParallel sees it through forward()."""

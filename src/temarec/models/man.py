@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -176,6 +177,15 @@ class MAN(SequentialModel):
     name = "man"
     settings_class = MANSettings
     not_factorizable = "scores each candidate with its own item-similarity attention"
+
+    @classmethod
+    def describe_training(cls, dataset: Any, cfg: Any) -> str:
+        s = cfg.model.specific[cls.name]
+        towers = super().describe_training(dataset, cfg)
+        if not s.item_similarity:
+            return f"towers: {towers}"
+        return (f"towers: {towers}; full score at one position per row ({s.similarity_position}): sampled softmax "
+                f"over {cfg.model.num_sampled} negatives drawn as the towers' sampled ones would be")
 
     def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)

@@ -139,3 +139,16 @@ def negative_log_q(counts: np.ndarray | None, power: float) -> torch.Tensor | No
         return None
     log_w = power * torch.log1p(torch.as_tensor(counts, dtype=torch.float64))
     return (log_w - log_w.logsumexp(0)).float()
+
+
+def describe_loss(loss: str, num_sampled: int, negative_power: float, domain_sizes: tuple[int, int],
+                  calibrated: bool = False) -> str:
+    """The training softmax in words, for every report (``protocol.training``)."""
+    if loss == "full" or num_sampled >= max(domain_sizes):
+        return "full softmax over the target's domain" + ("" if loss == "full" else
+                                                          f" (model.loss sampled, but num_sampled {num_sampled} "
+                                                          "covers every domain)")
+    draw = ("uniformly" if negative_power == 0.0 else
+            f"with probability ∝ (training count + 1)^{negative_power:g}, log-Q corrected")
+    return (f"sampled softmax: {num_sampled} shared negatives of the target's domain drawn {draw}"
+            + (", normaliser calibrated" if calibrated else ""))

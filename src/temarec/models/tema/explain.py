@@ -80,13 +80,6 @@ def describe_sources(dataset: Any, cfg: Any) -> dict[str, str]:
         notes.append(f"views S^{d0}, S^{d1}, S^{d0}+{d1} ({reading}; lambdas {m.lambdas[0]}, {m.lambdas[1]})")
     else:
         notes.append(f"one merged view S^{d0}+{d1} (ablation)")
-    loss, num_sampled = cfg.model.loss, cfg.model.num_sampled
-    if loss == "full" or num_sampled >= max(dataset.domain_sizes):
-        notes.append("loss full softmax" + ("" if loss == "full" else f" (model.loss sampled, but num_sampled "
-                                                                      f"{num_sampled} covers every domain)"))
-    else:
-        notes.append(f"loss sampled softmax ({num_sampled} shared uniform negatives of the target's domain"
-                     + ("" if m.sampled_correction else ", no log-Q correction") + ")")
     if m.fusion == "learned":
         notes.append("fusion learned (view and modality weights per target domain, softmax, initialised at the "
                      "weights above and trained on the likelihood of the eq. (16) mixture; trained values under "

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from temarec.config import ModelConfig
 from temarec.models.attention import POSITIONS, StackedEncoders, last_states, next_item_states
 from temarec.models.base import ModelContext, SequentialModel
-from temarec.models.softmax import full_log_prob, sampled_log_prob
+from temarec.models.softmax import describe_loss, full_log_prob, sampled_log_prob
 from temarec.models.tema.encoders import view_gather
 from temarec.models.tema.explain import describe_sources, explain
 from temarec.models.tema.heads import (FUSION_SPEED, MIN_TEMPERATURE, HeadParts, LearnedFusion, modality_weights,
@@ -570,6 +570,12 @@ class TEMA(SequentialModel):
     @classmethod
     def describe_sources(cls, dataset: Any, cfg: Any) -> dict[str, str]:
         return describe_sources(dataset, cfg)
+
+    @classmethod
+    def describe_training(cls, dataset: Any, cfg: Any) -> str:
+        m, own = cfg.model, cfg.model.specific[cls.name]
+        return describe_loss(m.loss, m.num_sampled, m.negative_power, tuple(dataset.domain_sizes),
+                             calibrated=own.sampled_correction)
 
 
 def simplex_grid(k: int, step: float) -> list[tuple[float, ...]]:
