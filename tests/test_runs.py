@@ -165,7 +165,9 @@ def test_resuming_a_run_that_stopped_early_trains_no_more_epochs(generated_datas
      "drawn with probability ∝ (training count + 1)^0.75, log-Q corrected"),
     ({"model.name": "tema", "model.tema.modalities": "id", "model.loss": "sampled", "model.num_sampled": "16"},
      "uniformly, normaliser calibrated"),
-    ({"model.name": "man", "model.loss": "full"}, "towers: full softmax over the target's domain; full score at"),
+    ({"model.name": "man", "model.loss": "full", "model.num_sampled": "16"},
+     "towers: full softmax over the target's domain; full score at one position per row (random): sampled softmax: "
+     "16 shared negatives"),
     ({"model.name": "abxi"}, "InfoNCE (tau 0.75)"),
     ({"model.name": "pop"}, "none: fitted from the training interactions"),
 ])

@@ -33,7 +33,7 @@ from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, ne
 from temarec.models.domain_views import (DomainView, domain_view, gather_time, local_ids, prefix_mean,
                                          view_encoders)
 from temarec.models.attention import FeedForward
-from temarec.models.softmax import draw_negatives
+from temarec.models.softmax import describe_loss, draw_negatives
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,9 @@ class MAN(SequentialModel):
         towers = super().describe_training(dataset, cfg)
         if not s.item_similarity:
             return f"towers: {towers}"
-        return (f"towers: {towers}; full score at one position per row ({s.similarity_position}): sampled softmax "
-                f"over {cfg.model.num_sampled} negatives drawn as the towers' sampled ones would be")
+        m = cfg.model  # the item-similarity term is always sampled (one attention per candidate)
+        sim = describe_loss("sampled", m.num_sampled, m.negative_power, tuple(dataset.domain_sizes))
+        return f"towers: {towers}; full score at one position per row ({s.similarity_position}): {sim}"
 
     def __init__(self, cfg: ModelConfig, ctx: ModelContext):
         super().__init__(cfg, ctx)
