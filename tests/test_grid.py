@@ -220,3 +220,39 @@ def test_runs_capped_while_improving_are_marked(benched):
     assert results["results"]["sasrec"]["still_improving_seeds"] == list(SEEDS)
     assert results["results"]["pop"]["still_improving_seeds"] == []
     assert "| sasrec † |" in (benched / "results.md").read_text()
+
+
+def test_a_row_of_its_own_settings_wins_over_set_and_reads_a_config_file(tmp_path):
+    yaml_file = tmp_path / "best.yaml"
+    yaml_file.write_text("model:\n  name: tema\n  tema:\n    views: merged\n    modalities: [id]\n")
+    assert bench.row_variant("pinet-full pinet model.loss=full") == (
+        "pinet-full", {"train.batch_size": "128", "model.loss": "full", "model.name": "pinet"})
+    assert bench.row_variant("p pinet train.batch_size=64") == (
+        "p", {"train.batch_size": "64", "model.name": "pinet"})  # the row's own value, not π-Net's default
+    name, overrides = bench.row_variant(f"best tema {yaml_file} model.dim=32")
+    assert name == "best" and overrides == {"model.name": "tema", "model.tema.views": "merged",
+                                            "model.tema.modalities": ["id"], "model.dim": "32"}
+    cfg = tiny_config().replace(**{"model.loss": "sampled"}).replace(**overrides)
+    assert cfg.model.specific["tema"].views == "merged" and cfg.model.dim == 32 and cfg.model.loss == "sampled"
+    for bad, message in [("pinet", "--row expects 'NAME MODEL"), ("x pinet full", "neither section.key=value"),
+                         (f"x sasrec {yaml_file}", "model 'sasrec', but its settings say model.name='tema'"),
+                         (f"x tema {tmp_path / 'missing.yaml'}", "does not exist")]:
+        with pytest.raises(ValueError, match=message):
+            bench.row_variant(bad)
+
+
+def test_bench_rows_train_with_their_own_settings_and_bad_ones_fail_before_training(world, tmp_path, capsys):
+    out = tmp_path / "b"
+    argv = ["bench", "--dataset", str(world), "--models", "pop", "--row", "sas-sampled sasrec model.loss=sampled "
+            "model.num_sampled=8", "--seeds", "0,", "--out", str(out), *[a for kv in TINY for a in ("--set", kv)]]
+    assert main(argv) == 0
+    row = json.loads((bench.run_dir(out, "sas-sampled", 0) / "metrics.json").read_text())
+    assert row["protocol"]["training"].startswith("sampled softmax: 8 shared negatives")
+    assert "| sas-sampled |" in (out / "results.md").read_text()
+    assert [v["name"] for v in json.loads((out / "bench.json").read_text())["variants"]] == ["pop", "sas-sampled"]
+    bad = tmp_path / "bad"
+    assert main(["bench", "--dataset", str(world), "--models", "pop", "--row", "x sasrec model.loss=fast",
+                 "--out", str(bad), *[a for kv in TINY for a in ("--set", kv)]]) == 2
+    err = capsys.readouterr().err
+    assert "row x: model.loss must be full or sampled" in err and len(err.strip().splitlines()) == 1
+    assert not (bad / "runs").exists()  # pop, the first row, did not train either

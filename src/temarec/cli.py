@@ -84,7 +84,7 @@ def cmd_negatives(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from temarec.grid import model_variants, run_grid, seed_list, summarise
+    from temarec.grid import model_variants, row_variant, run_grid, seed_list, summarise
 
     out = Path(args.out)
     if args.summarise:
@@ -95,10 +95,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--dataset is required (unless --summarise)")
     cfg = load_config(args.config, args.set, model_defaults=False)  # each row adds its model's own
     seeds = seed_list(args.seeds)
-    models = args.models if args.models is not None else ("" if args.ablations else "pop,gru4rec,sasrec")
-    if models:
+    default = "" if args.ablations or args.row else "pop,gru4rec,sasrec"
+    models = args.models if args.models is not None else default
+    if models or args.row:
         explicit = explicit_keys(read_yaml(args.config) if args.config else {}, args.set)
-        run_grid(args.dataset, model_variants(models, explicit), seeds, out, cfg)
+        rows = model_variants(models, explicit) if models else []
+        rows += [row_variant(spec, explicit) for spec in args.row or []]
+        run_grid(args.dataset, rows, seeds, out, cfg)
         print((out / "results.md").read_text(), end="")
     if args.ablations:
         from temarec.ablations import run_ablations
@@ -344,7 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="train models x seeds; mean ± std tables (results.md) and plots")
     p.add_argument("--dataset", help="dataset folder written by `temarec prepare`")
     p.add_argument("--models", help=f"comma list among {','.join(model_names())}, one table row each (default "
-                                    "pop,gru4rec,sasrec; none with --ablations)")
+                                    "pop,gru4rec,sasrec; none with --ablations or --row)")
+    p.add_argument("--row", action="append", metavar="'NAME MODEL [KEY=VALUE ...] [FILE.yaml]'",
+                   help="one more table row, after --models': MODEL with settings of its own that win over --set, "
+                        "e.g. --row 'pinet-full pinet model.loss=full' --row 'tema-best tema configs/tema-best.yaml' "
+                        "(repeatable)")
     p.add_argument("--seeds", default="3",
                    help="a count N = seeds 0..N-1 (default 3 = 0,1,2), or a comma list (0,5,7; seed 0 alone: 0,)")
     p.add_argument("--out", required=True, help="bench folder; finished runs in it are reused (resumable)")

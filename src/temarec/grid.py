@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from temarec.config import RUNTIME_SETTINGS, Config, model_train_defaults
+from temarec.config import RUNTIME_SETTINGS, Config, flatten, model_train_defaults, read_yaml
 from temarec.data.dataset import Dataset
 from temarec.evaluation import PROTOCOLS
 from temarec.fileio import atomic_write, write_text_atomic
@@ -71,6 +71,30 @@ def model_variants(models: str | Sequence[str], explicit: frozenset[str] = froze
     return [(n, {"model.name": n, **model_train_defaults(n, explicit)}) for n in names]
 
 
+def row_variant(spec: str, explicit: frozenset[str] = frozenset()) -> Variant:
+    """``--row "NAME MODEL [section.key=value ...] [FILE.yaml ...]"`` -> (NAME, overrides): a table row of MODEL
+    with settings of its own, on top of the bench's config (a row's setting wins over ``--set``). A YAML file's
+    sections are read as that many overrides (``configs/tema-best.yaml``); its ``model.name``, if any, must be
+    MODEL. The row keeps its model's training defaults unless it, the config or ``--set`` names them."""
+    tokens = spec.split()
+    if len(tokens) < 2:
+        raise ValueError(f"--row expects 'NAME MODEL [section.key=value ...] [FILE.yaml ...]', e.g. --row "
+                         f"'pinet-full pinet model.loss=full'; got {spec!r}")
+    name, model, overrides = tokens[0], tokens[1], {}
+    for token in tokens[2:]:
+        if token.endswith((".yaml", ".yml")) and "=" not in token:
+            overrides.update(flatten(read_yaml(token)))
+        elif "=" in token:
+            key, value = token.split("=", 1)
+            overrides[key] = value
+        else:
+            raise ValueError(f"--row {name}: {token!r} is neither section.key=value nor a .yaml file")
+    if overrides.get("model.name", model) != model:
+        raise ValueError(f"--row {name}: model {model!r}, but its settings say model.name={overrides['model.name']!r}")
+    overrides["model.name"] = model
+    return name, {**model_train_defaults(model, explicit | frozenset(overrides)), **overrides}
+
+
 def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
     return Path(out_dir) / "runs" / variant / f"seed{seed}"
 
@@ -89,6 +113,11 @@ def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int],
     if len(set(names)) != len(names) or not all(names) or any("/" in n for n in names):
         raise ValueError(f"variant names must be distinct, non-empty and contain no '/': {names}")
     Dataset.load(dataset_dir)  # a missing or damaged dataset folder fails here, before OUT is created
+    for name, overrides in variants:  # ... and so does a row's bad setting, before any row trains
+        try:
+            base_cfg.replace(**overrides)
+        except ValueError as exc:
+            raise ValueError(f"row {name}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     _record_grid(out, dataset_dir, variants, seeds)
     for name, overrides in variants:
