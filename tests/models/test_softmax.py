@@ -85,3 +85,13 @@ def test_the_calibrated_sampled_probability_estimates_the_exact_one_under_popula
     pos = (hs[0, 0] * items[1 + target]).sum(-1)
     naive = pos - torch.logaddexp(pos, z.logsumexp(-1) + math.log((n - 1) / s))
     assert float((naive - exact[0, 0]).abs().max()) > 0.1
+
+
+def test_a_context_computes_each_domains_log_q_once_from_that_domains_counts():
+    from temarec.models.base import ModelContext
+
+    ctx = ModelContext(domain_sizes=(3, 5), item_counts=COUNTS)  # idx 0-2 Food, 3-7 Kitchen
+    kitchen = ctx.negative_log_q(1, 1.0)
+    torch.testing.assert_close(kitchen, negative_log_q(COUNTS[3:], 1.0))
+    assert ctx.negative_log_q(1, 1.0) is kitchen  # the loss asks at every step: one computation per domain
+    assert ctx.negative_log_q(1, 0.0) is None and len(ctx.negative_log_q(0, 0.5)) == 3

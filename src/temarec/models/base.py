@@ -30,6 +30,7 @@ class ModelContext:
     max_len: int = 50
     item_counts: np.ndarray | None = None  # training frequency per internal idx (pop, log-Q)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. features, tag vectors (TEMA)
+    _log_q: dict[tuple, torch.Tensor | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:
@@ -40,12 +41,17 @@ class ModelContext:
         start = 1 + (0 if domain == 0 else self.domain_sizes[0])
         return slice(start, start + self.domain_sizes[domain])
 
-    def negative_log_q(self, domain: int, power: float) -> torch.Tensor | None:
+    def negative_log_q(self, domain: int, power: float, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """(N_domain,) log-probability of drawing each item of ``domain`` as a sampled negative
-        (``model.negative_power``), from its training count; None: uniform draws."""
-        sl = self.domain_slice(domain)
-        counts = None if self.item_counts is None else self.item_counts[sl.start - 1:sl.stop - 1]
-        return negative_log_q(counts, power)
+        (``model.negative_power``), from its training count, on ``device``; None: uniform draws. Computed once
+        per (domain, power, device): the loss asks for it at every step."""
+        key = (domain, power, str(device))
+        if key not in self._log_q:
+            sl = self.domain_slice(domain)
+            counts = None if self.item_counts is None else self.item_counts[sl.start - 1:sl.stop - 1]
+            log_q = negative_log_q(counts, power)
+            self._log_q[key] = None if log_q is None else log_q.to(device)
+        return self._log_q[key]
 
 
 class SequentialModel(nn.Module):
@@ -220,6 +226,6 @@ def next_item_loss(h: torch.Tensor, targets: torch.Tensor, items: torch.Tensor |
             log_p = full_log_prob(hs, rows_of(torch.arange(sl.start, sl.stop, device=h.device)), local)
         else:
             log_p = sampled_log_prob(hs, rows_of, local, n, sl.start, cfg.num_sampled, correction=False,
-                                     log_q=ctx.negative_log_q(d, cfg.negative_power))
+                                     log_q=ctx.negative_log_q(d, cfg.negative_power, h.device))
         total = total - log_p.sum()
     return total / max(1, targets.numel())

@@ -20,7 +20,6 @@ attention per candidate). Every reading is in docs/DESIGN.md ("MAN").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, ne
 from temarec.models.domain_views import (DomainView, domain_view, gather_time, local_ids, prefix_mean,
                                          view_encoders)
 from temarec.models.attention import FeedForward
-from temarec.models.softmax import describe_loss, draw_negatives
+from temarec.models.softmax import describe_loss, draw_negatives, log_q_correction
 
 
 @dataclass(frozen=True)
@@ -281,7 +280,7 @@ class MAN(SequentialModel):
         (R,), target (R,) merged ids of ``domain``, against min(num_sampled, N) shared negatives, drawn as the
         harness loss draws them (``model.negative_power``; log-Q corrected when not uniform)."""
         n, start = self.ctx.domain_sizes[domain], self.ctx.domain_slice(domain).start
-        log_q = self.ctx.negative_log_q(domain, self.cfg.negative_power)
+        log_q = self.ctx.negative_log_q(domain, self.cfg.negative_power, target.device)
         neg = draw_negatives(n, min(self.cfg.num_sampled, n), log_q, target.device)  # (S,) local indices
         cand = torch.cat([(target - start)[:, None], neg.expand(len(rows), -1)], dim=1)  # (R, 1 + S)
         local_e, glob_e = self.local_table(domain)[cand], self.global_table(domain)[cand]  # (R, 1 + S, D)
@@ -290,7 +289,7 @@ class MAN(SequentialModel):
         keys, valid = feats.window(rows, t, self.settings.similarity_window)  # (R, W, D), (R, W)
         logits = logits + self.similarity[domain](keys, valid, local_e)
         if log_q is not None:
-            logits = logits - (math.log(neg.numel()) + log_q[cand])
+            logits = logits + log_q_correction(log_q, neg.numel())[cand]
         hit = cand[:, 1:] == cand[:, :1]  # a negative that is the target is not a negative
         logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(hit, float("-inf"))], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long, device=logits.device))

@@ -118,11 +118,16 @@ def sampled_log_prob(hs: torch.Tensor, item_rows: Callable[[torch.Tensor], torch
         lse = log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
         shift = math.log((n - 1) / num_sampled) if correction else 0.0
         return pos - torch.logaddexp(pos, lse + shift)  # (V, M, P)
-    adjust = -(math.log(num_sampled) + log_q)  # (n,) -log(S q) of each item
+    adjust = log_q_correction(log_q, num_sampled)  # (n,)
     lse = log_normaliser(hs, cand[:, P:].contiguous(), hits, bias=adjust[neg])  # (V, M, P)
     if not correction:
         pos = pos + adjust[target]
     return pos - torch.logaddexp(pos, lse)  # (V, M, P)
+
+
+def log_q_correction(log_q: torch.Tensor, num_sampled: int) -> torch.Tensor:
+    """(n,) -log(S q) of each item: what a logit gets when negatives are drawn from q (sampled softmax)."""
+    return -(math.log(num_sampled) + log_q)
 
 
 def draw_negatives(n: int, num_sampled: int, log_q: torch.Tensor | None, device: torch.device) -> torch.Tensor:

@@ -288,7 +288,7 @@ class TEMA(SequentialModel):
             return sampled_log_prob(hs, lambda ids: self.candidates(self.items(ids, fuse=False)[0]), local, n,
                                     self.ctx.domain_slice(domain).start, self.cfg.num_sampled,
                                     self.settings.sampled_correction,
-                                    self.ctx.negative_log_q(domain, self.cfg.negative_power))
+                                    self.ctx.negative_log_q(domain, self.cfg.negative_power, h.device))
         return full_log_prob(hs, self.candidates(self.domain_items(domain)), local)
 
     def position_states(self, seqs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
