@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids
 from temarec.models.attention import CausalSelfAttention, attention_mask
+from temarec.models.dropout import Dropout
 
 
 def _check(condition: bool, message: str) -> None:
@@ -95,7 +96,7 @@ class SharedAttention(nn.Module):
         super().__init__()
         self.attn = CausalSelfAttention(dim, heads, dropout=0.0)  # nn.MultiheadAttention's default: no attn dropout
         self.ln = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), valid (B, L) -> (B, L, D), zero at padding."""
@@ -142,7 +143,7 @@ class ABXI(SequentialModel):
         D = s.dim
         self.item_emb = nn.Embedding(1 + ctx.n_items, D, padding_idx=0)  # row 0 = padding, row idx+1 = item idx
         self.pos_emb = nn.Embedding(ctx.max_len + 1, D, padding_idx=0)  # row 1 = most recent item, 0 = padding
-        self.drop = nn.Dropout(s.dropout)
+        self.drop = Dropout(s.dropout)
         self.attn = SharedAttention(D, s.heads, s.dropout)  # Sec. 3.3: one encoder for the three views
         self.ffn = SwiGLU(D, s.ffn_dim)
         self.domain_lora = nn.ModuleList(LoRA(D, s.domain_rank) for _ in range(3))  # views X, A, B

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from temarec.models.dropout import Dropout, dropout
+
 GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
 POSITIONS = ("oldest", "newest")
 
@@ -36,6 +38,25 @@ def attention_mask(valid: torch.Tensor) -> torch.Tensor:
     return (causal & (valid[:, None, :] | eye))[:, None]  # (B, 1, L, L)
 
 
+def self_attention(qkv: torch.Tensor, heads: int, mask: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V per head under a boolean mask (True = may attend), dropout p on the weights.
+
+    qkv (N, L, 3D) the packed query, key and value maps, mask broadcastable to (N, heads, L, L) -> (N, L, D).
+    Without dropout (evaluation, serving, ONNX export) this is ``F.scaled_dot_product_attention``; in training
+    with p > 0 the same arithmetic written out, so that the weights' mask comes from ``dropout`` (cheaper than
+    SDPA's own Bernoulli draw on a CPU, docs/BENCHMARKS.md, "Dropout's mask"). q, k, v are split with ``unbind``,
+    whose backward stacks the three gradients into one tensor (indexing a permuted copy zero-filled it thrice).
+    """
+    N, L, D3 = qkv.shape
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(N, L, 3, heads, D3 // (3 * heads)).unbind(2))  # (N, H, L, d_k)
+    if not training or p == 0.0:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5).masked_fill_(~mask, float("-inf"))
+        y = dropout(torch.softmax(scores, dim=-1), p) @ v
+    return y.transpose(1, 2).reshape(N, L, D3 // 3)  # (N, L, D)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention under a given mask (Sec. III-B)."""
 
@@ -46,11 +67,7 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, D/H)
-        return self.out(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+        return self.out(self_attention(self.qkv(x), self.heads, mask, self.dropout, self.training))  # (B, L, D)
 
 
 class FeedForward(nn.Module):
@@ -58,7 +75,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout), nn.Linear(dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, L, D)
@@ -72,7 +89,7 @@ class Block(nn.Module):
         self.ln_attn, self.ln_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = CausalSelfAttention(dim, heads, dropout)
         self.ffn = FeedForward(dim, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_attn(x), mask))  # (B, L, D)
@@ -150,15 +167,13 @@ class StackedBlock(nn.Module):
         self.ln_attn, self.ln_ffn = StackedLayerNorm(n, dim), StackedLayerNorm(n, dim)
         self.qkv, self.out = linear(dim, 3 * dim), linear(dim, dim)
         self.ffn_in, self.ffn_out = linear(dim, dim), linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """eq. (10): softmax(Q K^T / sqrt(d_k)) V, x (E, B, L, D), mask (E*B, 1, L, L)."""
         E, B, L, D = x.shape
-        qkv = self.qkv(x).view(E * B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (EB, H, L, d_k)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask,
-                                           dropout_p=self.drop.p if self.training else 0.0)  # (EB, H, L, d_k)
-        return self.out(y.transpose(1, 2).reshape(E, B, L, D))
+        y = self_attention(self.qkv(x).reshape(E * B, L, 3 * D), self.heads, mask, self.drop.p, self.training)
+        return self.out(y.view(E, B, L, D))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attend(self.ln_attn(x), mask))  # (E, B, L, D)
@@ -191,7 +206,7 @@ class StackedEncoders(nn.Module):
         self.pos = nn.Parameter(table.expand(n, -1, -1).clone())  # (E, max_len, D)
         self.blocks = nn.ModuleList(StackedBlock(n, dim, heads, dropout, lora) for _ in range(layers))
         self.ln_final = StackedLayerNorm(n, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """x (E, B, L, D) inputs, valid (E, B, L) non-padding (right-aligned) -> (E, B, L, D) states."""

@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
 from temarec.models.attention import Block, attention_mask
+from temarec.models.dropout import Dropout
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class SequenceEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig, max_len: int):
         super().__init__()
         self.pos_emb = nn.Embedding(max_len, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln_final = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.pos_emb.weight, std=0.02)

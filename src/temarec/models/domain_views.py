@@ -20,6 +20,7 @@ from torch import nn
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, domain_of_ids
 from temarec.models.attention import Block, attention_mask
+from temarec.models.dropout import Dropout
 
 
 @dataclass
@@ -83,7 +84,7 @@ class SequenceEncoder(nn.Module):
         self.dim, self.max_len = dim, max_len
         self.item_emb = nn.Embedding(n_rows, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_final = nn.LayerNorm(dim)
         for emb in (self.item_emb, self.pos_emb):

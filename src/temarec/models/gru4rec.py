@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, TiedItemModel
+from temarec.models.dropout import Dropout
 
 
 def roll_rows(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ class GRU4Rec(TiedItemModel):
         super().__init__(cfg, ctx)
         D = cfg.dim
         self.item_emb = nn.Embedding(1 + ctx.n_items, D, padding_idx=0)  # row 0 = padding, row idx+1 = item idx
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.encoder = GRUEncoder(D, cfg.layers, cfg.dropout)
         self.proj = nn.Linear(D, D)  # GRU state -> item embedding space (embeddings are tied)
         nn.init.normal_(self.item_emb.weight, std=0.02)

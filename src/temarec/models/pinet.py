@@ -27,6 +27,7 @@ from torch import nn
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
+from temarec.models.dropout import Dropout
 from temarec.models.gru4rec import GRUEncoder
 
 
@@ -109,7 +110,7 @@ class PiNet(SequentialModel):
         self.encoders = nn.ModuleList(GRUEncoder(D, 1, 0.0) for _ in range(2))  # index d: d's own items
         self.filters = nn.ModuleList(SharedAccountFilter(D, st.members) for _ in range(2))  # index d: d -> e
         self.transfers = nn.ModuleList(GRUEncoder(D, 1, 0.0) for _ in range(2))  # CTU, index d: d -> e
-        self.drop = nn.Dropout(st.dropout)
+        self.drop = Dropout(st.dropout)
         # the two output layers (W_e, b_e) as rows per item: [W | b], scored against [h_e; h_{d->e}; 1]
         self.out = nn.Parameter(torch.zeros(1 + ctx.n_items, 2 * D + 1))
         nn.init.xavier_normal_(self.item_emb.weight)
