@@ -1,0 +1,127 @@
+"""What drawing dropout masks as ``rand >= p`` (``temarec.models.dropout``) saves against torch's Bernoulli draw.
+
+    python benchmarks/bench_dropout.py [--dataset DIR] [--models tema,sasrec] [--steps 10] [--repeats 3]
+
+One thread, CPU milliseconds (``time.process_time``). Side by side in one process:
+  1. dropout alone, forward + backward, on a (9, 64, 48, 64) tensor (TEMA's nine encoders, a batch group of 64
+     histories of 48 items, D = 64): ``torch.nn.functional.dropout`` against ``temarec.models.dropout.dropout``;
+  2. self-attention with dropout 0.3 on the weights, forward + backward, over the same (9 x 64) sequences: the
+     code before this change (``F.scaled_dot_product_attention`` with ``dropout_p``, q, k, v taken by indexing
+     a permuted copy of the packed map) against ``temarec.models.attention.self_attention``;
+  3. with ``--dataset``: CPU-seconds per training step of each model of ``--models`` (sampled softmax, 1024
+     negatives, batches of 256, paper defaults otherwise), torch's dropout patched back in against ours,
+     alternating ``--repeats`` times; the median is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from temarec.models import attention as attention_module
+from temarec.models import dropout as dropout_module
+
+
+def cpu_ms(step: Callable[[], None], repeats: int) -> float:
+    step()  # warm-up
+    t = time.process_time()
+    for _ in range(repeats):
+        step()
+    return 1000 * (time.process_time() - t) / repeats
+
+
+def torch_attention(qkv: torch.Tensor, heads: int, mask: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """The self-attention before ``temarec.models.attention.self_attention`` (the reference of rows 2 and 3)."""
+    N, L, D3 = qkv.shape
+    q, k, v = qkv.view(N, L, 3, heads, D3 // (3 * heads)).permute(2, 0, 3, 1, 4)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p if training else 0.0)
+    return y.transpose(1, 2).reshape(N, L, D3 // 3)
+
+
+def torch_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    return F.dropout(x, p, training)
+
+
+def use_torch(yes: bool) -> None:
+    """Patch torch's dropout and attention into the models (yes) or restore ours."""
+    dropout_module.dropout = torch_dropout if yes else ours_dropout  # Dropout.forward looks it up at call time
+    attention_module.self_attention = torch_attention if yes else ours_attention
+
+
+ours_dropout, ours_attention = dropout_module.dropout, attention_module.self_attention
+
+
+def training_step_s(dataset: str, model_name: str, steps: int) -> float:
+    from temarec.config import load_config
+    from temarec.data.dataset import Dataset
+    from temarec.runs import build_model
+    from temarec.train import train_sequences
+
+    torch.manual_seed(0)
+    ds = Dataset.load(dataset)
+    cfg = load_config(None, [f"model.name={model_name}", "model.loss=sampled", "model.num_sampled=1024"])
+    model = build_model(ds, cfg).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    seqs = train_sequences(ds, cfg.data.max_len)
+    order = torch.randperm(len(seqs), generator=torch.Generator().manual_seed(0))
+    batches = [seqs[order[s:s + 256]] for s in range(0, 256 * (steps + 2), 256)]
+
+    def step(batch: torch.Tensor) -> None:
+        opt.zero_grad()
+        model.training_loss(batch).backward()
+        opt.step()
+
+    for batch in batches[:2]:
+        step(batch)
+    t = time.process_time()
+    for batch in batches[2:]:
+        step(batch)
+    return (time.process_time() - t) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="")
+    p.add_argument("--models", default="tema,sasrec")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x = torch.randn(9, 64, 48, 64)
+
+    def drop(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        return lambda: fn(x.clone().requires_grad_(True), 0.3, True).sum().backward()
+
+    print("one thread, CPU ms per forward + backward (torch -> ours)")
+    print(f"dropout p = 0.3 on (9, 64, 48, 64): {cpu_ms(drop(torch_dropout), 20):.1f} -> "
+          f"{cpu_ms(drop(ours_dropout), 20):.1f}")
+    qkv = torch.randn(9 * 64, 48, 3 * 64)
+    mask = torch.ones(48, 48, dtype=torch.bool).tril()[None, None]
+
+    def attend(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        return lambda: fn(qkv.clone().requires_grad_(True), 1, mask, 0.3, True).sum().backward()
+
+    print(f"self-attention, dropout 0.3 on the weights, 576 sequences of 48, D = 64: "
+          f"{cpu_ms(attend(torch_attention), 10):.1f} -> {cpu_ms(attend(ours_attention), 10):.1f}")
+    if not args.dataset:
+        return
+    for name in args.models.split(","):
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(args.repeats):
+            for torch_side in (True, False):
+                use_torch(torch_side)
+                times[torch_side].append(training_step_s(args.dataset, name, args.steps))
+        use_torch(False)
+        before, after = statistics.median(times[True]), statistics.median(times[False])
+        print(f"{name}: CPU-s per training step {before:.3f} -> {after:.3f} ({after / before:.2f}x; "
+              f"runs {', '.join(f'{t:.3f}' for t in times[True])} -> {', '.join(f'{t:.3f}' for t in times[False])})")
+
+
+if __name__ == "__main__":
+    main()
