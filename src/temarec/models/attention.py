@@ -48,7 +48,7 @@ def self_attention(qkv: torch.Tensor, heads: int, mask: torch.Tensor, p: float, 
     whose backward stacks the three gradients into one tensor (indexing a permuted copy zero-filled it thrice).
     """
     N, L, D3 = qkv.shape
-    q, k, v = (t.transpose(1, 2) for t in qkv.view(N, L, 3, heads, D3 // (3 * heads)).unbind(2))  # (N, H, L, d_k)
+    q, k, v = (t.transpose(1, 2) for t in qkv.reshape(N, L, 3, heads, D3 // (3 * heads)).unbind(2))  # (N, H, L, d_k)
     if not training or p == 0.0:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     else:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from temarec.config import ModelConfig
 from temarec.models.base import ModelContext, SequentialModel, domain_of_ids, next_item_loss
-from temarec.models.domain_views import domain_view, gather_time, local_ids, prefix_mean, view_encoders
+from temarec.models.domain_views import domain_view, local_ids, prefix_mean, view_encoders
 
 
 @dataclass(frozen=True)
