@@ -112,7 +112,10 @@ def test_later_calls_add_their_tables_to_the_earlier_ones(tmp_path, monkeypatch)
     monkeypatch.setattr("temarec.tags.run_tags", fake_tags)
     first = ablations.run_ablations(dataset, [0], tmp_path / "abl", Config(), tables=("4",))
     assert [r["variant"] for r in first["table4"]] == [v for v, _, _ in ablations.TABLE4]
-    assert [r["variant"] for r in first["table5"]] == ["tema"] and first["lambda_selected"] is None
+    # Table V holds the full model only (it belongs to every table): no table, as no lambda grid
+    assert first["table5"] == [] and first["table6"] == [] and first["lambda_selected"] is None
+    text = (tmp_path / "abl" / "ablations.md").read_text()
+    assert "Table IV" in text and "Table V:" not in text and "Table VI" not in text
     # the keyword row's finished run is found again by a call that does not train it
     metrics = tmp_path / "abl" / "keyword" / "grid" / "runs" / ablations.KEYWORD_ROW / "seed0" / "metrics.json"
     metrics.parent.mkdir(parents=True)

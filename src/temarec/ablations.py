@@ -141,6 +141,8 @@ def _mrr(result: dict[str, Any], split: str) -> dict[str, float]:
 def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any]) -> dict[str, Any]:
     """The tables' rows (test MRR, %), the lambda grid (validation MRR, %) and the lambdas selected on validation."""
     def rows(table: list[tuple[str, str, float | None]]) -> list[dict[str, Any]]:
+        if not any(v in results for v, _, _ in table if v != "tema"):  # the full model alone is no table
+            return []
         return [{"variant": v, "label": label, "paper_movie_mrr": paper, "test_mrr": _mrr(results[v], "test"),
                  "valid_mrr": _mrr(results[v], "valid"), "seeds": len(results[v]["seeds"]),
                  "tags": protocols[v]["tags"]} for v, label, paper in table if v in results]
@@ -176,9 +178,9 @@ def format_ablations(summary: dict[str, Any]) -> str:
              "domain (Movie-Book data), for reference only",
              "- rows 1-3 of Table IV use one merged-sequence encoder; the keyword row is trained on a copy of the "
              "dataset whose tags come from keyword matching against the same vocabulary", ""]
-    lines += _table("Table IV: core modules", summary["table4"], domains)
-    lines += _table("Table V: tag representation", summary["table5"], domains)
-    lines += _table("Table VI: tag selection", summary["table6"], domains)
+    for title, key in (("Table IV: core modules", "table4"), ("Table V: tag representation", "table5"),
+                       ("Table VI: tag selection", "table6")):
+        lines += _table(title, summary[key], domains) if summary[key] else []
     grid = summary["lambda_grid_valid_mrr"]
     if grid:
         lines += ["## lambda grid (validation MRR, mean over domains, %)", "",
