@@ -77,3 +77,11 @@ def test_prepare_download_and_quickstart_name_their_corrupt_input(tmp_path, caps
     code = main(["quickstart", "--out", str(tmp_path / "qs"), "--config", str(config)])
     assert str(config) in _one_line_error(capsys, code, "quickstart")
     assert not (tmp_path / "data").exists() and not (tmp_path / "qs").exists()
+
+
+def test_bench_with_an_unknown_ablation_table_is_one_line_and_writes_nothing(generated_dataset, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "--dataset", str(generated_dataset), "--ablations", "--tables", "5,7", "--seeds", "0,",
+                 "--out", str(out)])
+    assert "unknown ablation tables ['7']" in _one_line_error(capsys, code, "bench")
+    assert not out.exists()

@@ -110,9 +110,10 @@ def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path
 
     The tables show every finished run of the folder, so tables run by separate calls accumulate.
     """
+    rows = variants(tables)  # an unknown table fails here, before OUT is created
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    main = run_grid(dataset_dir, variants(tables), seeds, out / "grid", base_cfg)
+    main = run_grid(dataset_dir, rows, seeds, out / "grid", base_cfg)
     results, protocols = dict(main["results"]), dict(main["protocol"])
     keyword_grid = out / "keyword" / "grid"
     keyword = None
