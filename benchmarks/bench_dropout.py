@@ -11,6 +11,8 @@ One thread, CPU milliseconds (``time.process_time``). Side by side in one proces
   3. with ``--dataset``: CPU-seconds per training step of each model of ``--models`` (sampled softmax, 1024
      negatives, batches of 256, paper defaults otherwise), torch's dropout patched back in against ours,
      alternating ``--repeats`` times; the median is printed.
+``--profile``: instead of 3, the first model's steps under ``torch.profiler`` with torch's dropout, then with
+ours: each op's share of the CPU time, the largest first (where ``aten::bernoulli_`` showed up).
 """
 
 from __future__ import annotations
@@ -18,21 +20,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from bench_lora_linear import cpu_ms  # forward + backward after a warm-up round (this folder is on sys.path)
 from temarec.models import attention as attention_module
 from temarec.models import dropout as dropout_module
-
-
-def cpu_ms(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up
-    t = time.process_time()
-    for _ in range(repeats):
-        step()
-    return 1000 * (time.process_time() - t) / repeats
 
 
 def torch_attention(qkv: torch.Tensor, heads: int, mask: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -56,7 +52,7 @@ def use_torch(yes: bool) -> None:
 ours_dropout, ours_attention = dropout_module.dropout, attention_module.self_attention
 
 
-def training_step_s(dataset: str, model_name: str, steps: int) -> float:
+def training_step_s(dataset: str, model_name: str, steps: int, profiled: bool = False) -> float:
     from temarec.config import load_config
     from temarec.data.dataset import Dataset
     from temarec.runs import build_model
@@ -79,8 +75,12 @@ def training_step_s(dataset: str, model_name: str, steps: int) -> float:
     for batch in batches[:2]:
         step(batch)
     t = time.process_time()
-    for batch in batches[2:]:
-        step(batch)
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profiled else nullcontext()
+    with profiler as prof:
+        for batch in batches[2:]:
+            step(batch)
+    if prof is not None:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
     return (time.process_time() - t) / steps
 
 
@@ -90,13 +90,14 @@ def main() -> None:
     p.add_argument("--models", default="tema,sasrec")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="profile the first model's steps instead of timing them")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(9, 64, 48, 64)
 
-    def drop(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        return lambda: fn(x.clone().requires_grad_(True), 0.3, True).sum().backward()
+    def drop(fn: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return lambda: fn(x.clone().requires_grad_(True), 0.3, True)
 
     print("one thread, CPU ms per forward + backward (torch -> ours)")
     print(f"dropout p = 0.3 on (9, 64, 48, 64): {cpu_ms(drop(torch_dropout), 20):.1f} -> "
@@ -104,12 +105,19 @@ def main() -> None:
     qkv = torch.randn(9 * 64, 48, 3 * 64)
     mask = torch.ones(48, 48, dtype=torch.bool).tril()[None, None]
 
-    def attend(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
-        return lambda: fn(qkv.clone().requires_grad_(True), 1, mask, 0.3, True).sum().backward()
+    def attend(fn: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+        return lambda: fn(qkv.clone().requires_grad_(True), 1, mask, 0.3, True)
 
     print(f"self-attention, dropout 0.3 on the weights, 576 sequences of 48, D = 64: "
           f"{cpu_ms(attend(torch_attention), 10):.1f} -> {cpu_ms(attend(ours_attention), 10):.1f}")
     if not args.dataset:
+        return
+    if args.profile:
+        for torch_side in (True, False):
+            use_torch(torch_side)
+            print(f"{args.models.split(',')[0]} with {'torch' if torch_side else 'our'} dropout:")
+            training_step_s(args.dataset, args.models.split(",")[0], args.steps, profiled=True)
+        use_torch(False)
         return
     for name in args.models.split(","):
         times: dict[bool, list[float]] = {True: [], False: []}

@@ -1,11 +1,12 @@
 """Dropout whose mask is one uniform draw per element compared with p, for every model of the package.
 
-``torch.nn.Dropout`` draws its mask with ``bernoulli_``, which on the CPU costs about four times a uniform draw of
-the same size (one thread, (9, 64, 50, 64) floats: 13.1 ms against 3.6 ms); in a TEMA training step on ABXI it was
-18% of the CPU time (docs/BENCHMARKS.md, "Dropout's mask"). ``u >= p`` with u uniform on [0, 1) keeps an element
-with probability 1 - p, as ``bernoulli_(1 - p)`` does, and kept elements are scaled by 1 / (1 - p): the same
-distribution of masks and the same expectation, from a different random stream (a seed gives other masks than
-``nn.Dropout`` gave). Outside training, or with p = 0, both return the input itself.
+``torch.nn.Dropout`` draws its mask with ``bernoulli_``, slow on the CPU: dropout forward + backward on
+(9, 64, 48, 64) floats, one thread, costs 2.5x what it does with a uniform draw, and the draws were 18% of a TEMA
+training step's CPU time on ABXI (docs/BENCHMARKS.md, "Dropout's mask"; ``benchmarks/bench_dropout.py``).
+``u >= p`` with u uniform on [0, 1) keeps an element with probability 1 - p, as ``bernoulli_(1 - p)`` does, and
+kept elements are scaled by 1 / (1 - p): the same distribution of masks and the same expectation, from a different
+random stream (a seed gives other masks than ``nn.Dropout`` gave). Outside training, or with p = 0, both return the
+input itself.
 """
 
 from __future__ import annotations
