@@ -18,18 +18,18 @@ from typing import Callable
 
 import torch
 
-from temarec.models.attention import SharedLoRALinear, StackedEncoders
+from temarec.models.attention import ALL, SharedLoRALinear, StackedEncoders
 
 
 class RowsLoRALinear(SharedLoRALinear):
     """The other way: one matmul of the shared weight over all E*N rows, then each row's low-rank term."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, part: slice = ALL) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(shape[0], -1, shape[-1])  # (E, N, i)
         base = torch.addmm(self.bias, rows.reshape(-1, shape[-1]), self.weight)  # (E*N, o)
-        down = torch.bmm(rows, self.lora_a)  # (E, N, r)
-        y = torch.baddbmm(base.view(shape[0], -1, base.shape[-1]), down, self.lora_b, alpha=self.scale)
+        down = torch.bmm(rows, self.lora_a[part])  # (E, N, r)
+        y = torch.baddbmm(base.view(shape[0], -1, base.shape[-1]), down, self.lora_b[part], alpha=self.scale)
         return y.view(*shape[:-1], -1)
 
 

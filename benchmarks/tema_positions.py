@@ -5,24 +5,31 @@
 
 Batches as training draws them (shuffled, ``--batch-size`` sequences of ``max_len + 1``), split into the length
 groups and trimmed as ``TEMA.training_loss`` and SASRec's loss do (both encode through ``next_item_states``).
-Prints, per modality: the positions the stacked encoders compute (3 views x group rows x group length), the
-positions if each view were trimmed to its own longest row in the group, the positions holding an item, and
-SASRec's (its one encoder over the same groups); the attention's L^2 terms; and the forward multiply-adds of an
-epoch's encoders (the four linear maps, 6 D^2 per position and layer, and the attention's 2 D per L^2 term and
+Prints, per modality: the positions the stacked encoders would compute at the group's length (3 views x group
+rows x group length), those TEMA computes (each view at its own length in the group, ``view_starts``), the
+positions holding an item, and SASRec's (its one encoder over the same groups); the attention's L^2 terms; and
+the forward multiply-adds of an epoch's encoders at the group's length (the four linear maps, 6 D^2 per position and layer, and the attention's 2 D per L^2 term and
 layer) and sampled heads ((S + 1) D per scored position and head), TEMA (3 views x ``--modalities`` encoders and
 heads) against SASRec (one of each). Weight sharing (``model.tema.encoders = shared``) changes none of these: E
 encoders' products cost the same FLOPs whether their weights are shared or not. No model is built: this is the
 arithmetic behind docs/BENCHMARKS.md, "Epoch time and memory".
+
+``--time-steps N``: then the measured side: CPU-seconds per TEMA training step (one thread, sampled softmax with
+1024 negatives, batches of 256, paper defaults otherwise; ``bench_dropout.training_step_s``), each view encoded
+at its own length (``temarec.models.tema.view_starts``, the code's way) against every view at the merged
+view's length, alternating ``--repeats`` times; the medians are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
 from temarec.data.dataset import Dataset
 from temarec.models.attention import first_used_column, length_groups
+from temarec.models.tema import view_gather, view_starts
 from temarec.train import train_sequences
 
 
@@ -36,6 +43,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--modalities", type=int, default=3, help="TEMA's M (ABXI without images: id, txt, tag)")
     parser.add_argument("--num-sampled", type=int, default=1024)
+    parser.add_argument("--time-steps", type=int, default=0, help="also time this many TEMA training steps")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ds = Dataset.load(args.dataset)
     seqs = train_sequences(ds, args.max_len)  # (S, max_len + 1)
@@ -52,10 +61,12 @@ def main() -> None:
             sasrec, scored = sasrec + B * L, scored + int((group[:, 1:] > 0).sum())
             real, second = inputs > 0, inputs > n_first
             stacked, attn_stacked = stacked + 3 * B * L, attn_stacked + 3 * B * L * L
-            for count in ((real & ~second).sum(1), (real & second).sum(1), real.sum(1)):  # views X, Y, X+Y
-                Lv = int(count.max())
-                trimmed, attn_trimmed, holding = trimmed + B * Lv, attn_trimmed + B * Lv * Lv, holding + int(count.sum())
-    print(f"encoder positions per modality and epoch: stacked {stacked:,}; each view trimmed to its own longest row "
+            keeps = (real & ~second, real & second, real)  # views X, Y, X+Y
+            starts = view_starts(torch.stack([view_gather(inputs, keep)[0] for keep in keeps]), False)  # TEMA's
+            for keep, start in zip(keeps, starts):
+                Lv = L - start
+                trimmed, attn_trimmed, holding = trimmed + B * Lv, attn_trimmed + B * Lv * Lv, holding + int(keep.sum())
+    print(f"encoder positions per modality and epoch: stacked {stacked:,}; each view at its own length (TEMA) "
           f"{trimmed:,} ({trimmed / stacked:.2f}x); holding an item {holding:,} ({holding / stacked:.2f}x); "
           f"SASRec {sasrec:,} (TEMA's stacked / SASRec per modality: {stacked / sasrec:.2f}x)")
     print(f"attention L^2 terms: stacked {attn_stacked:,}; views trimmed {attn_trimmed:,} "
@@ -70,6 +81,29 @@ def main() -> None:
     print(f"TEMA / SASRec: encoders {enc['TEMA'] / enc['SASRec']:.2f}x, heads {heads['TEMA'] / heads['SASRec']:.2f}x, "
           f"together {(enc['TEMA'] + heads['TEMA']) / (enc['SASRec'] + heads['SASRec']):.2f}x "
           f"({scored:,} scored positions)")
+
+    if args.time_steps:
+        time_views(args.dataset, args.time_steps, args.repeats)
+
+
+def time_views(dataset: str, steps: int, repeats: int) -> None:
+    """CPU-s per TEMA training step, views at their own lengths against every view at the merged length."""
+    from bench_dropout import training_step_s  # this folder is on sys.path
+
+    from temarec.models import tema
+
+    torch.set_num_threads(1)
+    own = tema.model.view_starts
+    times: dict[str, list[float]] = {"merged length": [], "own length": []}
+    for _ in range(repeats):
+        for name, starts in (("merged length", lambda ids, pad: [0] * ids.shape[0]), ("own length", own)):
+            tema.model.view_starts = starts  # position_states looks it up at call time
+            times[name].append(training_step_s(dataset, "tema", steps))
+    tema.model.view_starts = own
+    before, after = (statistics.median(times[k]) for k in ("merged length", "own length"))
+    print(f"TEMA CPU-s per training step, views at the merged length -> at their own: {before:.3f} -> {after:.3f} "
+          f"({after / before:.2f}x; runs {', '.join(f'{t:.3f}' for t in times['merged length'])} -> "
+          f"{', '.join(f'{t:.3f}' for t in times['own length'])})")
 
 
 if __name__ == "__main__":

@@ -468,3 +468,41 @@ def test_each_views_heads_use_that_views_temperatures():
             direct = model.logits(model.final_states(HISTORY), model.domain_items(d)).log_softmax(-1)
             torch.testing.assert_close(heads, direct)
             torch.testing.assert_close(model.fuse_heads(heads, d), model.score_domain(HISTORY, d))
+
+
+def test_view_starts_skip_the_columns_no_row_of_a_view_uses():
+    views = torch.tensor([[[0, 0, 0, 0, 3], [0, 0, 0, 2, 1]],  # view 0: items in the last 2 columns
+                          [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],  # view 1: no item
+                          [[0, 9, 8, 4, 3], [0, 0, 5, 2, 1]]])  # view 2: from column 1
+    assert tema.view_starts(views, keep_padding=True) == [2, 4, 0]
+    assert tema.view_starts(views, keep_padding=False) == [3, 4, 1]
+
+
+@pytest.mark.parametrize("encoders", ["separate", "shared"])
+def test_each_view_encoded_at_its_own_length_changes_no_state_loss_or_gradient(monkeypatch, encoders):
+    """The single-domain views are encoded without the leading columns none of their rows uses; the states,
+    the training loss and every gradient equal those of encoding every view at the merged view's length."""
+    seqs = torch.tensor([[0, 0, 0, 0, 0, 0, 2, 9, 3, 11, 4],
+                         [0, 0, 0, 0, 8, 1, 9, 10, 2, 12, 8],
+                         [0, 0, 0, 0, 0, 0, 0, 0, 5, 6, 9],
+                         [0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 10]])
+    model = make_model(encoders=encoders, dropout=0.0)
+    view_ids, _, _ = model.views(seqs[:, :-1])
+    assert tema.view_starts(view_ids, False) == [8, 6, 4]  # the views are trimmed: the comparison can fail
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        states = model.eval().final_states(seqs)
+        loss = model.train().training_loss(seqs)
+        loss.backward()
+        return states.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                 if p.grad is not None}
+
+    states, loss, grads = run()
+    monkeypatch.setattr(tema.model, "view_starts", lambda ids, pad: [0] * ids.shape[0])  # every view at full length
+    full_states, full_loss, full_grads = run()
+    torch.testing.assert_close(states, full_states, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, full_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == full_grads.keys() and any(k.startswith("encoders.") for k in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -3,6 +3,7 @@ independent SASRec-style encoders run one after another would: same outputs, sam
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -81,3 +82,20 @@ def test_stacked_encoders_equal_a_loop_of_independent_encoders_forward_and_backw
         torch.testing.assert_close(stacked.ln_final.weight.grad[e], loop[e]["ln_final"].weight.grad, rtol=1e-4,
                                    atol=1e-5)
         torch.testing.assert_close(stacked.pos.grad[e], loop[e]["pos"].weight.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [None, (4, 4.0)])
+@pytest.mark.parametrize("positions", ["oldest", "newest"])
+def test_a_part_of_the_stack_computes_what_those_encoders_compute_in_the_whole_stack(lora, positions):
+    """``part`` (TEMA encodes one view's encoders at a time) selects encoders, not just a count of them."""
+    torch.manual_seed(0)
+    stacked = StackedEncoders(E, D, HEADS, LAYERS, dropout=0.0, max_len=L, positions=positions, lora=lora)
+    with torch.no_grad():  # every encoder different, the adapters included
+        for p in stacked.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    lengths = torch.tensor([[7, 3, 1], [1, 5, 7], [2, 2, 6], [3, 7, 4]])  # (E, B)
+    valid = torch.arange(L)[None, None, :] >= (L - lengths)[..., None]
+    x = torch.randn(E, B, L, D)
+    whole = stacked(x, valid)
+    torch.testing.assert_close(stacked(x[1:3], valid[1:3], slice(1, 3)), whole[1:3], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stacked(x[3:], valid[3:], slice(3, 4)), whole[3:], rtol=1e-5, atol=1e-6)

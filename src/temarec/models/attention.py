@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from temarec.models.dropout import Dropout, dropout
 
 GROUP_ROWS = 64  # histories are encoded in groups of similar length, this many rows each
+ALL = slice(None)  # every encoder of a stack; ``part`` selects a contiguous run of them
 POSITIONS = ("oldest", "newest")
 
 
@@ -105,9 +106,9 @@ class StackedLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n, d_out).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, part: slice = ALL) -> torch.Tensor:
         shape = x.shape
-        y = torch.baddbmm(self.bias[:, None], x.reshape(shape[0], -1, shape[-1]), self.weight)  # (E, *, o)
+        y = torch.baddbmm(self.bias[part, None], x.reshape(shape[0], -1, shape[-1]), self.weight[part])  # (E, *, o)
         return y.view(*shape[:-1], -1)
 
 
@@ -131,9 +132,9 @@ class SharedLoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(n, rank, d_out))  # (E, r, o)
         self.scale = alpha / rank
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, part: slice = ALL) -> torch.Tensor:
         shape = x.shape
-        weight = torch.baddbmm(self.weight, self.lora_a, self.lora_b, alpha=self.scale)  # (E, i, o) W + s A_e B_e
+        weight = torch.baddbmm(self.weight, self.lora_a[part], self.lora_b[part], alpha=self.scale)  # (E, i, o)
         y = torch.baddbmm(self.bias, x.reshape(shape[0], -1, shape[-1]), weight)  # (E, N, o)
         return y.view(*shape[:-1], -1)
 
@@ -143,9 +144,9 @@ class StackedLayerNorm(nn.Module):
         super().__init__()
         self.weight, self.bias = nn.Parameter(torch.ones(n, dim)), nn.Parameter(torch.zeros(n, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (E, B, L, D)
+    def forward(self, x: torch.Tensor, part: slice = ALL) -> torch.Tensor:  # x (E, B, L, D)
         dim = (int(self.weight.shape[1]),)  # a constant, also when traced for ONNX export
-        return F.layer_norm(x, dim) * self.weight[:, None, None] + self.bias[:, None, None]
+        return F.layer_norm(x, dim) * self.weight[part, None, None] + self.bias[part, None, None]
 
 
 class StackedBlock(nn.Module):
@@ -169,15 +170,16 @@ class StackedBlock(nn.Module):
         self.ffn_in, self.ffn_out = linear(dim, dim), linear(dim, dim)
         self.drop = Dropout(dropout)
 
-    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, mask: torch.Tensor, part: slice = ALL) -> torch.Tensor:
         """eq. (10): softmax(Q K^T / sqrt(d_k)) V, x (E, B, L, D), mask (E*B, 1, L, L)."""
         E, B, L, D = x.shape
-        y = self_attention(self.qkv(x).reshape(E * B, L, 3 * D), self.heads, mask, self.drop.p, self.training)
-        return self.out(y.view(E, B, L, D))
+        y = self_attention(self.qkv(x, part).reshape(E * B, L, 3 * D), self.heads, mask, self.drop.p, self.training)
+        return self.out(y.view(E, B, L, D), part)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attend(self.ln_attn(x), mask))  # (E, B, L, D)
-        return x + self.drop(self.ffn_out(self.drop(F.relu(self.ffn_in(self.ln_ffn(x))))))  # (E, B, L, D)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, part: slice = ALL) -> torch.Tensor:
+        """x (E, B, L, D) through the encoders ``part`` selects (E of them) -> (E, B, L, D)."""
+        x = x + self.drop(self.attend(self.ln_attn(x, part), mask, part))
+        return x + self.drop(self.ffn_out(self.drop(F.relu(self.ffn_in(self.ln_ffn(x, part), part))), part))
 
 
 class StackedEncoders(nn.Module):
@@ -208,23 +210,26 @@ class StackedEncoders(nn.Module):
         self.ln_final = StackedLayerNorm(n, dim)
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x (E, B, L, D) inputs, valid (E, B, L) non-padding (right-aligned) -> (E, B, L, D) states."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, part: slice = ALL) -> torch.Tensor:
+        """x (E, B, L, D) inputs, valid (E, B, L) non-padding (right-aligned) -> (E, B, L, D) states.
+
+        ``part`` runs only those encoders of the stack (E = their number): TEMA encodes each view at its own
+        length, one slice of its V*M encoders at a time."""
         E, B, L, D = x.shape
         if L > self.pos.shape[1]:
             raise ValueError(f"sequence length {L} exceeds the positional table (ctx.max_len = {self.pos.shape[1]}); "
                              "keep the most recent max_len items")
         if self.positions == "newest":
-            pos = self.pos[:, torch.arange(L - 1, -1, -1, device=x.device)][:, None]  # (E, 1, L, D)
+            pos = self.pos[part, torch.arange(L - 1, -1, -1, device=x.device)][:, None]  # (E, 1, L, D)
         else:
             first = L - valid.sum(-1, keepdim=True)  # (E, B, 1) slot of the oldest item
             rank = (torch.arange(L, device=x.device) - first).clamp(min=0)  # (E, B, L)
-            pos = self.pos[torch.arange(E, device=x.device)[:, None, None], rank]  # (E, B, L, D)
+            pos = self.pos[part][torch.arange(E, device=x.device)[:, None, None], rank]  # (E, B, L, D)
         x = self.drop(x + pos)  # (E, B, L, D)
         mask = attention_mask(valid.reshape(E * B, L))  # (E*B, 1, L, L) causal, no padding keys
         for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_final(x)
+            x = block(x, mask, part)
+        return self.ln_final(x, part)
 
 
 def length_groups(seqs: torch.Tensor) -> list[torch.Tensor]:

@@ -13,10 +13,10 @@ The readings of the paper these files commit to (what F_m and E_m are, which vie
 views causally, the temperature, cold items) are argued in docs/DESIGN.md, section "TEMA model".
 """
 
-from temarec.models.tema.encoders import view_gather
+from temarec.models.tema.encoders import view_gather, view_starts
 from temarec.models.tema.heads import modality_weights, view_weights
 from temarec.models.tema.items import CONTENT, MODALITIES, ItemEmbeddings, usable_modalities
 from temarec.models.tema.model import TEMA, TemaSettings
 
 __all__ = ["TEMA", "TemaSettings", "ItemEmbeddings", "modality_weights",
-           "view_weights", "view_gather", "usable_modalities", "MODALITIES", "CONTENT"]
+           "view_weights", "view_gather", "view_starts", "usable_modalities", "MODALITIES", "CONTENT"]

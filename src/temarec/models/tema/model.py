@@ -21,7 +21,7 @@ from temarec.config import ModelConfig
 from temarec.models.attention import POSITIONS, StackedEncoders, last_states, next_item_states
 from temarec.models.base import ModelContext, SequentialModel
 from temarec.models.softmax import describe_loss, full_log_prob, sampled_log_prob
-from temarec.models.tema.encoders import view_gather
+from temarec.models.tema.encoders import view_gather, view_starts
 from temarec.models.tema.explain import describe_sources, explain
 from temarec.models.tema.heads import (FUSION_SPEED, MIN_TEMPERATURE, HeadParts, LearnedFusion, modality_weights,
                                       view_weights)
@@ -175,18 +175,21 @@ class TEMA(SequentialModel):
         keeps = [real & ~second, real & second, real] if self.n_views == 3 else [real]  # S^X, S^Y, S^{X+Y}
         return tuple(torch.stack(t) for t in zip(*(view_gather(seqs, k) for k in keeps)))  # type: ignore[return-value]
 
-    def encode(self, view_ids: torch.Tensor) -> torch.Tensor:
-        """view_ids (V, B, L) -> h (V, M, B, L, D): every view's sequence through each modality's encoder."""
-        V, B, L = view_ids.shape
+    def encode(self, view_ids: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+        """view_ids (V, B, L) -> per view v, (h (M, B, L_v, D), L - L_v): the view's sequences through each
+        modality's encoder, at the view's own length L_v (its last L_v columns, see ``view_starts``)."""
         M = len(self.modalities)
         uniq, inv = torch.unique(view_ids, return_inverse=True)  # each distinct item embedded once
         vecs, fused = self.items(uniq)  # (M, U, D), (U, D)
         # F_m = e_m + e_item (eq. 9 feeds every encoder); e_id enters times sqrt(D), as SASRec's item embedding
         f = vecs * self.input_scale[:, None, None]
-        f = (f if fused is None else f + fused)[:, inv]  # (M, V, B, L, D)
-        x = f.transpose(0, 1).reshape(V * M, B, L, -1)  # (E, B, L, D)
-        valid = (view_ids > 0)[:, None].expand(V, M, B, L).reshape(V * M, B, L)
-        return self.encoders(x, valid).view(V, M, B, L, -1)  # eqs. (10)-(11)
+        f = f if fused is None else f + fused  # (M, U, D)
+        out = []
+        for v, start in enumerate(view_starts(view_ids, self.settings.empty_state == "encoded")):
+            ids = inv[v, :, start:]  # (B, L_v)
+            valid = (view_ids[v, :, start:] > 0).expand(M, -1, -1)  # (M, B, L_v)
+            out.append((self.encoders(f[:, ids], valid, slice(v * M, (v + 1) * M)), start))  # eqs. (10)-(11)
+        return out
 
     # ---- eqs. (12)-(13) ------------------------------------------------------------------------------------
     def scaled(self, h: torch.Tensor) -> torch.Tensor:
@@ -299,11 +302,13 @@ class TEMA(SequentialModel):
         at the view's latest item at or before t (causal), or the learned empty state when there is none yet.
         """
         view_ids, last, has = self.views(seqs)  # (V, B, L)
-        H = self.encode(view_ids)  # (V, M, B, L, D)
-        V, M, B, L, D = H.shape
         b, t = at.nonzero(as_tuple=True)  # (P,) each
-        slot = b * L + last[:, b, t]  # (V, P) the view's latest item at or before t, flattened over (B, L)
-        h = H.reshape(V, M, B * L, D).gather(2, slot[:, None, :, None].expand(V, M, len(b), D))  # (V, M, P, D)
+        states = []
+        for v, (H, start) in enumerate(self.encode(view_ids)):  # H (M, B, L_v, D)
+            M, B, L_v, D = H.shape
+            slot = b * L_v + (last[v, b, t] - start).clamp(min=0)  # (P,) the view's latest item at or before t
+            states.append(H.reshape(M, B * L_v, D).index_select(1, slot))  # (M, P, D)
+        h = torch.stack(states)  # (V, M, P, D)
         if self.settings.empty_state == "encoded":  # the encoder's state at the view's padding slot (SASRec's)
             return h
         return torch.where(has[:, b, t][:, None, :, None], h, self.h_empty[:, :, None])
