@@ -52,7 +52,7 @@ def use_torch(yes: bool) -> None:
 ours_dropout, ours_attention = dropout_module.dropout, attention_module.self_attention
 
 
-def training_step_s(dataset: str, model_name: str, steps: int, profiled: bool = False) -> float:
+def training_step_s(dataset: str, model_name: str, steps: int, profiled: bool = False, loss: str = "sampled") -> float:
     from temarec.config import load_config
     from temarec.data.dataset import Dataset
     from temarec.runs import build_model
@@ -60,7 +60,7 @@ def training_step_s(dataset: str, model_name: str, steps: int, profiled: bool = 
 
     torch.manual_seed(0)
     ds = Dataset.load(dataset)
-    cfg = load_config(None, [f"model.name={model_name}", "model.loss=sampled", "model.num_sampled=1024"])
+    cfg = load_config(None, [f"model.name={model_name}", f"model.loss={loss}", "model.num_sampled=1024"])
     model = build_model(ds, cfg).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     seqs = train_sequences(ds, cfg.data.max_len)

@@ -15,9 +15,12 @@ encoders' products cost the same FLOPs whether their weights are shared or not. 
 arithmetic behind docs/BENCHMARKS.md, "Epoch time and memory".
 
 ``--time-steps N``: then the measured side: CPU-seconds per TEMA training step (one thread, sampled softmax with
-1024 negatives, batches of 256, paper defaults otherwise; ``bench_dropout.training_step_s``), each view encoded
-at its own length (``temarec.models.tema.view_starts``, the code's way) against every view at the merged
-view's length, alternating ``--repeats`` times; the medians are printed.
+1024 negatives or, ``--time-loss full``, the full one, batches of 256, paper defaults otherwise;
+``bench_dropout.training_step_s``) with every view
+encoded at the merged view's length, with each view at its own (``temarec.models.tema.view_starts``), and with
+that and the heads' normaliser computed once per distinct state (``temarec.models.softmax.distinct_rows``; the
+code's way), alternating ``--repeats`` times; the medians are printed. The script also counts, per target
+domain, how many of the other domain's view states are distinct.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def main() -> None:
     parser.add_argument("--num-sampled", type=int, default=1024)
     parser.add_argument("--time-steps", type=int, default=0, help="also time this many TEMA training steps")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--time-loss", choices=("sampled", "full"), default="sampled",
+                        help="the training softmax of the timed steps")
     args = parser.parse_args()
     ds = Dataset.load(args.dataset)
     seqs = train_sequences(ds, args.max_len)  # (S, max_len + 1)
@@ -82,28 +87,44 @@ def main() -> None:
           f"together {(enc['TEMA'] + heads['TEMA']) / (enc['SASRec'] + heads['SASRec']):.2f}x "
           f"({scored:,} scored positions)")
 
+    inputs, targets = seqs[:, :-1], seqs[:, 1:]
+    for d, name in enumerate(ds.domains):  # the other domain's view at the positions whose target is in d
+        at = (targets > 0) & ((targets > n_first) if d else (targets <= n_first))
+        other = (inputs > 0) & ((inputs <= n_first) if d else (inputs > n_first))
+        state = other.long().cumsum(1)  # which of that view's states each position reads: its items so far
+        rows, cols = at.nonzero(as_tuple=True)
+        n_distinct = len(torch.unique(rows * (inputs.shape[1] + 1) + state[rows, cols]))
+        print(f"targets in {name}: {len(rows):,} positions; the other domain's view holds {n_distinct:,} distinct "
+              f"states there ({n_distinct / len(rows):.2f}x)")
     if args.time_steps:
-        time_views(args.dataset, args.time_steps, args.repeats)
+        time_views(args.dataset, args.time_steps, args.repeats, args.time_loss)
 
 
-def time_views(dataset: str, steps: int, repeats: int) -> None:
-    """CPU-s per TEMA training step, views at their own lengths against every view at the merged length."""
+def time_views(dataset: str, steps: int, repeats: int, loss: str) -> None:
+    """CPU-s per TEMA training step: every view at the merged length, each view at its own length, and that with
+    the heads' normaliser computed once per distinct state (``softmax.distinct_rows``), alternating."""
     from bench_dropout import training_step_s  # this folder is on sys.path
 
-    from temarec.models import tema
+    from temarec.models import softmax, tema
 
     torch.set_num_threads(1)
-    own = tema.model.view_starts
-    times: dict[str, list[float]] = {"merged length": [], "own length": []}
+    own, distinct = tema.model.view_starts, softmax.distinct_rows
+    every_row = lambda x, rows: (x, torch.arange(x.shape[1]), rows)  # noqa: E731 (each row normalised)
+    merged_length = lambda ids, pad: [0] * ids.shape[0]  # noqa: E731
+    variants = {"views at the merged length": (merged_length, every_row),
+                "each view at its own length": (own, every_row),
+                "+ each distinct state normalised once": (own, distinct)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        for name, starts in (("merged length", lambda ids, pad: [0] * ids.shape[0]), ("own length", own)):
-            tema.model.view_starts = starts  # position_states looks it up at call time
-            times[name].append(training_step_s(dataset, "tema", steps))
-    tema.model.view_starts = own
-    before, after = (statistics.median(times[k]) for k in ("merged length", "own length"))
-    print(f"TEMA CPU-s per training step, views at the merged length -> at their own: {before:.3f} -> {after:.3f} "
-          f"({after / before:.2f}x; runs {', '.join(f'{t:.3f}' for t in times['merged length'])} -> "
-          f"{', '.join(f'{t:.3f}' for t in times['own length'])})")
+        for name, (starts, rows) in variants.items():
+            tema.model.view_starts, softmax.distinct_rows = starts, rows  # looked up at call time
+            times[name].append(training_step_s(dataset, "tema", steps, loss=loss))
+    tema.model.view_starts, softmax.distinct_rows = own, distinct
+    first = statistics.median(next(iter(times.values())))
+    print(f"TEMA CPU-s per training step, {loss} softmax (median; runs):")
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        print(f"  {name}: {median:.3f} ({median / first:.2f}x; {', '.join(f'{t:.3f}' for t in runs)})")
 
 
 if __name__ == "__main__":

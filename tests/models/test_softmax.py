@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from temarec.models.softmax import draw_negatives, full_log_prob, log_normaliser, negative_log_q, sampled_log_prob
+from temarec.models.softmax import (distinct_rows, draw_negatives, full_log_prob, log_normaliser, negative_log_q,
+                                    sampled_log_prob)
 
 COUNTS = np.array([50.0, 20, 9, 4, 1, 0, 0, 3])  # a long tail: two items never seen in training
 
@@ -95,3 +96,39 @@ def test_a_context_computes_each_domains_log_q_once_from_that_domains_counts():
     torch.testing.assert_close(kitchen, negative_log_q(COUNTS[3:], 1.0))
     assert ctx.negative_log_q(1, 1.0) is kitchen  # the loss asks at every step: one computation per domain
     assert ctx.negative_log_q(1, 0.0) is None and len(ctx.negative_log_q(0, 0.5)) == 3
+
+
+def test_distinct_rows_merge_rows_equal_in_every_head_but_not_rows_with_their_own_exclusions():
+    torch.manual_seed(0)
+    base = torch.randn(2, 3, 4)  # (M, 3 distinct rows, D)
+    x = base[:, [0, 1, 0, 2, 1, 0]]  # rows 0, 2, 5 equal, 1 and 4 equal
+    x[1, 3] = x[1, 1]  # row 3 equals row 1 in head 1 only: still distinct
+    left = torch.tensor([5, 5])  # row 5 leaves out two candidates: it stays its own row
+    rows, inverse, left_mapped = distinct_rows(x, left)
+    assert rows.shape == (2, 4, 4)  # {0, 2}, {1, 4}, {3}, {5}
+    torch.testing.assert_close(rows[:, inverse], x, rtol=0, atol=0)
+    assert inverse[0] == inverse[2] != inverse[5] and inverse[1] == inverse[4] != inverse[3]
+    assert (left_mapped == inverse[5]).all() and (inverse == inverse[5]).sum() == 1
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_normaliser_over_distinct_rows_gives_the_same_values_and_gradients(bias):
+    torch.manual_seed(1)
+    states = torch.randn(2, 5, 8)  # (M, 5 distinct states, D)
+    pick = torch.tensor([[0, 1, 2, 3, 4, 0], [4, 4, 4, 2, 2, 1], [0, 0, 3, 3, 3, 3]])  # (V, P): views repeat states
+    cand = torch.randn(2, 40, 8)
+    left_out = (torch.tensor([1, 4]), torch.tensor([7, 30]))  # positions 1 and 4 leave a candidate out
+    b = torch.randn(40) if bias else None
+    grads, values = [], []
+    for distinct in (False, True):
+        s, c = states.clone().requires_grad_(True), cand.clone().requires_grad_(True)
+        hs = torch.stack([s[:, p] for p in pick])  # (V, M, P, D), duplicates gathered from one state
+        lse = log_normaliser(hs, c, left_out, bias=b, distinct=distinct)
+        (lse * torch.linspace(0.5, 2.0, lse.numel()).view_as(lse)).sum().backward()
+        values.append(lse.detach())
+        grads.append((s.grad, c.grad))
+    torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-6)
+    for g_distinct, g_each in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_distinct, g_each, rtol=1e-5, atol=1e-6)
+    # the left-out pairs are honoured: position 1's row differs from the same state's row at position 0's view 0
+    assert not torch.allclose(values[1][1, :, 1], log_normaliser(states[None, :, [4]], cand, bias=b)[0, :, 0])

@@ -506,3 +506,38 @@ def test_each_view_encoded_at_its_own_length_changes_no_state_loss_or_gradient(m
     assert grads.keys() == full_grads.keys() and any(k.startswith("encoders.") for k in grads)
     for name in grads:
         torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_the_heads_normalise_each_distinct_state_once_with_the_same_loss_and_gradients(monkeypatch, loss):
+    """The other domain's view repeats its state over a run of the target domain's items; its heads' normaliser
+    is computed once per distinct state (softmax.distinct_rows), which changes no loss or gradient."""
+    from temarec.models import softmax
+    seqs = torch.tensor([[0, 0, 2, 3, 4, 9, 1, 2, 3, 11, 4],  # a run of Food items: the Kitchen view repeats
+                         [0, 0, 0, 0, 8, 9, 10, 1, 12, 11, 8],
+                         [0, 0, 0, 0, 0, 0, 0, 5, 6, 1, 9]])
+    model = make_model(loss=loss, num_sampled=4, dropout=0.0)
+    merged = []
+    distinct = softmax.distinct_rows
+
+    def spy(x, rows):
+        out = distinct(x, rows)
+        merged.append(x.shape[1] - out[0].shape[1])
+        return out
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(3)  # the same negatives both times
+        loss_value = model.train().training_loss(seqs)
+        loss_value.backward()
+        return loss_value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    monkeypatch.setattr(softmax, "distinct_rows", spy)
+    once, grads = run()
+    assert sum(merged) > 0  # some rows were duplicates, so the comparison can fail
+    monkeypatch.setattr(softmax, "distinct_rows", lambda x, rows: (x, torch.arange(x.shape[1]), rows))
+    each, each_grads = run()
+    torch.testing.assert_close(once, each, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == each_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], each_grads[name], rtol=1e-4, atol=1e-6, msg=name)

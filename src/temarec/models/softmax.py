@@ -65,15 +65,33 @@ def _chunk_logits(x: torch.Tensor, w: torch.Tensor, start: int, rows: int, drop_
     return z
 
 
+def distinct_rows(x: torch.Tensor, left_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (M, R, D) rows of M heads -> (its distinct rows (M, U, D), inverse (R,) with x = distinct[:, inverse],
+    ``left_rows`` as distinct rows). A row is a duplicate when it equals another in every head; a row with a
+    left-out pair (``left_rows``) stays its own, since what it leaves out is its own."""
+    M, R, D = x.shape
+    tag = x.new_zeros(R, 1)
+    tag[left_rows] = 1.0 + left_rows.to(x.dtype)[:, None]  # a distinct value per such row (exact below 2^24)
+    key = torch.cat([x.detach().transpose(0, 1).reshape(R, M * D), tag], dim=1)  # (R, M * D + 1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # (R,)
+    first = torch.full((int(inverse.max()) + 1 if R else 0,), R, dtype=torch.long, device=x.device)
+    first.scatter_reduce_(0, inverse, torch.arange(R, device=x.device), "amin")  # each distinct row's first copy
+    return x[:, first], inverse, inverse[left_rows]
+
+
 def log_normaliser(hs: torch.Tensor, cand: torch.Tensor,
                     left_out: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
+                    bias: torch.Tensor | None = None, distinct: bool = False) -> torch.Tensor:
     """hs (V, M, P, D), cand (M, C, D) -> (V, M, P) log sum_c exp(h . e_c + bias_c) per head, through
     ChunkedLogSumExp.
 
     ``left_out``: (position, candidate) index pairs excluded from every view's sum (accidental hits).
     ``bias`` (C,): a constant added to each candidate's logit (the log-Q correction), carried as one more
     dimension: a column of ones on the states against the bias on the candidates.
+    ``distinct``: compute the normaliser once per distinct (view, position) row (``distinct_rows``) and copy it
+    to the row's duplicates; the same values and gradients (a duplicate's gradient reaches the state through its
+    first copy). For TEMA, whose view of the other domain repeats one state over a run of the target domain's
+    items (docs/DESIGN.md, "Cost").
     """
     if bias is not None:
         hs = torch.cat([hs, hs.new_ones(*hs.shape[:-1], 1)], dim=-1)
@@ -82,27 +100,32 @@ def log_normaliser(hs: torch.Tensor, cand: torch.Tensor,
     x = hs.transpose(0, 1).reshape(M, V * P, D)  # (M, R, D), R = V * P rows: each view's positions
     rows, cols = left_out if left_out is not None else (hs.new_empty(0, dtype=torch.long),) * 2
     rows = (rows + torch.arange(V, device=hs.device)[:, None] * P).flatten()  # the same pairs in every view
+    if distinct:
+        x, inverse, rows = distinct_rows(x, rows)  # (M, U, D)
     chunk = max(MIN_CHUNK_ROWS, LOGIT_CHUNK // (M * cand.shape[1]))  # ~LOGIT_CHUNK logits per chunk
-    lse = ChunkedLogSumExp.apply(x, cand, chunk, rows, cols.repeat(V))  # (M, R)
+    lse = ChunkedLogSumExp.apply(x, cand, chunk, rows, cols.repeat(V))  # (M, R) or (M, U)
+    if distinct:
+        lse = lse[:, inverse]  # (M, R)
     return lse.view(M, V, P).transpose(0, 1)
 
 
-def full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def full_log_prob(hs: torch.Tensor, cand: torch.Tensor, target: torch.Tensor, distinct: bool = False) -> torch.Tensor:
     """Exact softmax: hs (V, M, P, D) query states, cand (M, N, D) the domain's item rows, target (P,) local
-    indices -> log P(target) (V, M, P)."""
+    indices -> log P(target) (V, M, P). ``distinct``: as ``log_normaliser``'s."""
     picked = (hs * cand[None, :, target]).sum(-1)  # (V, M, P) the target's logit
-    return picked - log_normaliser(hs, cand)
+    return picked - log_normaliser(hs, cand, distinct=distinct)
 
 
 def sampled_log_prob(hs: torch.Tensor, item_rows: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor,
                      n: int, start: int, num_sampled: int, correction: bool,
-                     log_q: torch.Tensor | None = None) -> torch.Tensor:
+                     log_q: torch.Tensor | None = None, distinct: bool = False) -> torch.Tensor:
     """Softmax over the target and ``num_sampled`` shared negatives drawn from its domain.
 
     hs (V, M, P, D) query states; ``item_rows(ids (K,)) -> (M, K, D)`` candidate rows of padded item ids;
     target (P,) local indices in a domain of ``n`` items whose first padded id is ``start`` -> (V, M, P).
     Accidental hits (the target drawn as one of its own negatives) are left out of the normaliser.
     ``log_q`` (n,): the log-probability of drawing each item (``negative_log_q``); None draws uniformly.
+    ``distinct``: as ``log_normaliser``'s.
     ``correction``: each negative stands for (n - 1) / S items (uniform), 1 / (S q) items in general, so the sum
     estimates the full normaliser and the probability stays calibrated (TEMA mixes probabilities); without it,
     the plain softmax over target + negatives (SASRec's sampled loss; with uniform draws the log-Q correction is
@@ -115,11 +138,11 @@ def sampled_log_prob(hs: torch.Tensor, item_rows: Callable[[torch.Tensor], torch
     pos = (hs * cand[None, :, :P]).sum(-1)  # (V, M, P)
     hits = (neg[None, :] == target[:, None]).nonzero(as_tuple=True)  # (position, negative) pairs
     if log_q is None:
-        lse = log_normaliser(hs, cand[:, P:].contiguous(), hits)  # (V, M, P)
+        lse = log_normaliser(hs, cand[:, P:].contiguous(), hits, distinct=distinct)  # (V, M, P)
         shift = math.log((n - 1) / num_sampled) if correction else 0.0
         return pos - torch.logaddexp(pos, lse + shift)  # (V, M, P)
     adjust = log_q_correction(log_q, num_sampled)  # (n,)
-    lse = log_normaliser(hs, cand[:, P:].contiguous(), hits, bias=adjust[neg])  # (V, M, P)
+    lse = log_normaliser(hs, cand[:, P:].contiguous(), hits, bias=adjust[neg], distinct=distinct)  # (V, M, P)
     if not correction:
         pos = pos + adjust[target]
     return pos - torch.logaddexp(pos, lse)  # (V, M, P)

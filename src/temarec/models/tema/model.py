@@ -285,14 +285,16 @@ class TEMA(SequentialModel):
     def _domain_log_prob(self, h: torch.Tensor, local: torch.Tensor, domain: int) -> torch.Tensor:
         """h (V, M, P, D), local (P,) targets of ``domain`` -> log P_m^V(target) (V, M, P), full or sampled."""
         n, hs = self.ctx.domain_sizes[domain], self.scaled(h)
+        distinct = self.n_views > 1  # the other domain's view repeats its state over a run of this domain's items
         if self.cfg.loss == "sampled" and self.cfg.num_sampled < n:
             # the softmax over the target and S shared negatives drawn from its domain (docs/DESIGN.md);
             # model.tema.sampled_correction calibrates P_m like the full softmax's (eq. 13 mixes probabilities)
             return sampled_log_prob(hs, lambda ids: self.candidates(self.items(ids, fuse=False)[0]), local, n,
                                     self.ctx.domain_slice(domain).start, self.cfg.num_sampled,
                                     self.settings.sampled_correction,
-                                    self.ctx.negative_log_q(domain, self.cfg.negative_power, h.device))
-        return full_log_prob(hs, self.candidates(self.domain_items(domain)), local)
+                                    self.ctx.negative_log_q(domain, self.cfg.negative_power, h.device),
+                                    distinct)
+        return full_log_prob(hs, self.candidates(self.domain_items(domain)), local, distinct)
 
     def position_states(self, seqs: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """seqs (B, L), at (B, L) bool -> h (V, M, P, D): each view's state after the items up to each of the P
