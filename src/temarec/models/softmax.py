@@ -68,7 +68,10 @@ def _chunk_logits(x: torch.Tensor, w: torch.Tensor, start: int, rows: int, drop_
 def distinct_rows(x: torch.Tensor, left_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, R, D) rows of M heads -> (its distinct rows (M, U, D), inverse (R,) with x = distinct[:, inverse],
     ``left_rows`` as distinct rows). A row is a duplicate when it equals another in every head; a row with a
-    left-out pair (``left_rows``) stays its own, since what it leaves out is its own."""
+    left-out pair (``left_rows``) stays its own, since what it leaves out is its own. Rows are compared by value:
+    TEMA's duplicates are one encoder output gathered at several positions; rows equal otherwise come from the
+    same computation on the same inputs (two identical histories, no dropout), so routing their gradients through
+    one of them leaves the weights' gradients as they were."""
     M, R, D = x.shape
     tag = x.new_zeros(R, 1)
     tag[left_rows] = 1.0 + left_rows.to(x.dtype)[:, None]  # a distinct value per such row (exact below 2^24)
