@@ -40,7 +40,7 @@ def test_run_ablations_writes_the_tables_and_selects_lambdas_on_validation(tmp_p
     (dataset / "tags" / "meta.json").write_text("{}")
     calls = []
 
-    def fake_grid(dataset_dir, variants, seeds, out_dir, base_cfg):
+    def fake_grid(dataset_dir, variants, seeds, out_dir, base_cfg, jobs=1):
         calls.append((str(dataset_dir), [v for v, _ in variants]))
         valid = {v: 0.01 for v, _ in variants}
         valid["lambda-0.4-0.15"] = 0.05  # the best on validation
@@ -92,7 +92,7 @@ def test_later_calls_add_their_tables_to_the_earlier_ones(tmp_path, monkeypatch)
     (dataset / "tags" / "meta.json").write_text("{}")
     done: dict = {}
 
-    def fake_grid(dataset_dir, variants, seeds, out_dir, base_cfg):
+    def fake_grid(dataset_dir, variants, seeds, out_dir, base_cfg, jobs=1):
         done.setdefault(str(out_dir), set()).update(v for v, _ in variants)
         return fake_summary(out_dir)
 

@@ -57,7 +57,8 @@ def test_train_and_bench_give_each_model_its_training_defaults_unless_set(monkey
     assert [c.train.batch_size for c in seen] == [100, 64]
 
     rows = []
-    monkeypatch.setattr(temarec.grid, "run_grid", lambda data, variants, seeds, out, cfg: rows.append((variants, cfg)))
+    monkeypatch.setattr(temarec.grid, "run_grid",
+                        lambda data, variants, seeds, out, cfg, jobs: rows.append((variants, cfg)))
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "results.md").write_text("")
     assert main(["bench", "--dataset", "D", "--models", "sasrec,pinet", "--out", str(tmp_path / "c")]) == 0

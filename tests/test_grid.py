@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from temarec import grid as bench
 from temarec.cli import main
@@ -256,3 +257,36 @@ def test_bench_rows_train_with_their_own_settings_and_bad_ones_fail_before_train
     err = capsys.readouterr().err
     assert "row x: model.loss must be full or sampled" in err and len(err.strip().splitlines()) == 1
     assert not (bad / "runs").exists()  # pop, the first row, did not train either
+
+
+def test_jobs_train_runs_at_once_in_their_own_processes_with_the_same_results(benched, world, tmp_path, capsys):
+    """--jobs 2: every run is the run it would be alone (the sequential bench's metrics, digit for digit), each
+    trained in a process of its own."""
+    out = tmp_path / "b"
+    argv = ["bench", "--dataset", str(world), "--models", ",".join(MODELS), "--seeds", str(len(SEEDS)),
+            "--out", str(out), "--jobs", "2"]
+    for kv in TINY:
+        argv += ["--set", kv]
+    assert main(argv) == 0
+    for model in MODELS:
+        for seed in SEEDS:
+            alone = json.loads((bench.run_dir(benched, model, seed) / "metrics.json").read_text())
+            together = json.loads((bench.run_dir(out, model, seed) / "metrics.json").read_text())
+            assert together["test"] == alone["test"] and together["valid"] == alone["valid"]
+    assert "jobs" not in json.loads((out / "bench.json").read_text())  # how many at once is not part of a bench
+    capsys.readouterr()
+    argv[argv.index("--jobs") + 1] = "0"
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and "--jobs: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="the failing run needs a device this machine lacks")
+def test_a_run_failing_in_its_process_ends_the_grid_with_its_error(world, tmp_path):
+    """The error of a run trained in a worker process (here: a device this machine lacks, found by train_run)
+    reaches the caller as itself, so the CLI prints its one line; the other run still finishes."""
+    variants = [("sasrec", {"model.name": "sasrec"}), ("elsewhere", {"model.name": "pop", "train.device": "mps"})]
+    with pytest.raises(ValueError, match="MPS is not available"):
+        bench.run_grid(world, variants, [0], tmp_path / "b", tiny_config(), jobs=2)
+    assert (bench.run_dir(tmp_path / "b", "sasrec", 0) / "metrics.json").is_file()
+    assert not (bench.run_dir(tmp_path / "b", "elsewhere", 0) / "metrics.json").exists()

@@ -105,21 +105,22 @@ def keyword_dataset(dataset_dir: str | Path, out: Path, base_cfg: Config) -> Pat
 
 
 def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path, base_cfg: Config,
-                  tables: tuple[str, ...] = TABLES) -> dict[str, Any]:
-    """Train the variants of ``tables`` for every seed (finished runs are reused); write ablations.md/.json.
+                  tables: tuple[str, ...] = TABLES, jobs: int = 1) -> dict[str, Any]:
+    """Train the variants of ``tables`` for every seed (finished runs are reused), ``jobs`` runs at once; write
+    ablations.md/.json.
 
     The tables show every finished run of the folder, so tables run by separate calls accumulate.
     """
     rows = variants(tables)  # an unknown table fails here, before OUT is created
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    main = run_grid(dataset_dir, rows, seeds, out / "grid", base_cfg)
+    main = run_grid(dataset_dir, rows, seeds, out / "grid", base_cfg, jobs)
     results, protocols = dict(main["results"]), dict(main["protocol"])
     keyword_grid = out / "keyword" / "grid"
     keyword = None
     if "4" in tables:
         keyword_dir = keyword_dataset(dataset_dir, out / "keyword" / "dataset", base_cfg)
-        keyword = run_grid(keyword_dir, [(KEYWORD_ROW, MERGED_ID_TAG)], seeds, keyword_grid, base_cfg)
+        keyword = run_grid(keyword_dir, [(KEYWORD_ROW, MERGED_ID_TAG)], seeds, keyword_grid, base_cfg, jobs)
     elif any(keyword_grid.glob("runs/*/seed*/metrics.json")):  # Table IV's keyword row from an earlier call
         keyword = summarise(keyword_grid)
     if keyword:

@@ -101,12 +101,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         explicit = explicit_keys(read_yaml(args.config) if args.config else {}, args.set)
         rows = model_variants(models, explicit) if models else []
         rows += [row_variant(spec, explicit) for spec in args.row or []]
-        run_grid(args.dataset, rows, seeds, out, cfg)
+        run_grid(args.dataset, rows, seeds, out, cfg, args.jobs)
         print((out / "results.md").read_text(), end="")
     if args.ablations:
         from temarec.ablations import run_ablations
 
-        run_ablations(args.dataset, seeds, out / "ablations", cfg, tables=tuple(args.tables.split(",")))
+        run_ablations(args.dataset, seeds, out / "ablations", cfg, tables=tuple(args.tables.split(",")),
+                      jobs=args.jobs)
     return 0
 
 
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", default="4,5,6,lambda",
                    help="with --ablations: which of Tables 4, 5, 6 and the lambda grid to run (default all)")
     p.add_argument("--summarise", action="store_true", help="only rebuild results and plots from OUT's runs")
+    p.add_argument("--jobs", type=_positive, default=1,
+                   help="runs trained at once, each in its own process (default 1); with --set train.threads=T, "
+                        "keep jobs x T <= the cores")
     _add_config_args(p)
     p.set_defaults(func=cmd_bench)
 

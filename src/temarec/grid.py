@@ -14,7 +14,8 @@ A bench folder holds::
 A run whose ``metrics.json`` exists is skipped, so an interrupted bench resumes where it stopped (a run with a
 ``last_state.pt`` continues from its last epoch). std is the sample standard deviation (ddof = 1) over seeds;
 with one seed it is undefined (null in JSON, left out of the tables). Peak RSS is the process's peak so far
-(``ru_maxrss``): run variants in separate processes when it must be per variant.
+(``ru_maxrss``): with ``jobs`` > 1 (``temarec bench --jobs``) every run has a process of its own, and so its own
+peak; one at a time, later runs of one process report the largest so far.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
 import statistics
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,14 +105,17 @@ def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
 
 
 def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int], out_dir: str | Path,
-             base_cfg: Config) -> dict[str, Any]:
+             base_cfg: Config, jobs: int = 1) -> dict[str, Any]:
     """Train every variant for every seed under ``out_dir/runs`` (skipping finished runs), then summarise.
 
     ``variants`` are (name, config overrides), e.g. ``("sasrec", {"model.name": "sasrec"})``; each run uses
-    ``base_cfg`` with the overrides and ``train.seed = seed``. Returns the results.json object.
+    ``base_cfg`` with the overrides and ``train.seed = seed``. ``jobs`` > 1 trains that many runs at once, each
+    in a fresh process (``train_parallel``). Returns the results.json object.
     """
     from temarec.runs import train_run
 
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (runs trained at once), got {jobs}")
     out = Path(out_dir)
     names = [name for name, _ in variants]
     if len(set(names)) != len(names) or not all(names) or any("/" in n for n in names):
@@ -120,6 +128,7 @@ def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int],
             raise ValueError(f"row {name}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     _record_grid(out, dataset_dir, variants, seeds)
+    pending: list[Job] = []
     for name, overrides in variants:
         for seed in seeds:
             cfg = base_cfg.replace(**{**overrides, "train.seed": str(seed)})
@@ -134,9 +143,56 @@ def run_grid(dataset_dir: str | Path, variants: list[Variant], seeds: list[int],
             elif run.exists():
                 log.warning("%s seed %d: removing unfinished run folder %s (no checkpoint to resume)", name, seed, run)
                 shutil.rmtree(run)
-            log.info("%s seed %d: training into %s%s", name, seed, run, " (resuming)" if resume else "")
-            train_run(dataset_dir, cfg, run, resume=resume)
+            pending.append(Job(f"{name} seed {seed}", str(dataset_dir), cfg, str(run), resume))
+    if jobs > 1 and len(pending) > 1:
+        train_parallel(pending, jobs)
+    else:
+        for job in pending:
+            log.info("%s: training into %s%s", job.label, job.run, " (resuming)" if job.resume else "")
+            train_run(job.dataset_dir, job.cfg, job.run, resume=job.resume)
     return summarise(out)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a grid: what ``train_run`` is given, and how logs name it."""
+    label: str
+    dataset_dir: str
+    cfg: Config
+    run: str
+    resume: bool
+
+
+def train_parallel(pending: list[Job], jobs: int) -> None:
+    """Train ``pending`` runs ``jobs`` at a time, each in a fresh process (its peak RSS is its own), log lines
+    prefixed with the run. Each run is what it would be alone: same seed, same data, its own process. Give each
+    run ``train.threads`` so that jobs x threads fits the cores (threads 0, torch's default, uses them all in
+    every job). A failed run stops the grid once the runs already started have ended (they resume)."""
+    threads = pending[0].cfg.train.threads
+    cores = os.cpu_count() or 1
+    if threads == 0 or jobs * threads > cores:
+        log.warning("--jobs %d with train.threads=%d asks for more threads than the %d cores; set train.threads so "
+                    "that jobs x threads <= cores", jobs, threads, cores)
+    context = multiprocessing.get_context("spawn")  # no forked torch state; each run starts clean
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_train_job, job, level): job for job in pending}
+        for future in as_completed(futures):
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()  # the runs not started yet
+                log.error("%s failed; the runs already started finish first", futures[future].label)
+                raise future.exception()  # type: ignore[misc]
+
+
+def _train_job(job: Job, level: int) -> None:
+    """In a worker process: log as the CLI does, each line naming the run, then train."""
+    from temarec.runs import train_run
+
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [{job.label}] %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    log.info("%s: training into %s%s", job.label, job.run, " (resuming)" if job.resume else "")
+    train_run(job.dataset_dir, job.cfg, job.run, resume=job.resume)
 
 
 def _record_grid(out: Path, dataset_dir: str | Path, variants: list[Variant], seeds: list[int]) -> None:
