@@ -191,7 +191,7 @@ def _train_job(job: Job, level: int) -> None:
 
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s [{job.label}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    log.info("%s: training into %s%s", job.label, job.run, " (resuming)" if job.resume else "")
+    log.info("training into %s%s", job.run, " (resuming)" if job.resume else "")  # the prefix names the run
     train_run(job.dataset_dir, job.cfg, job.run, resume=job.resume)
 
 
