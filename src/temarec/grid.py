@@ -28,6 +28,7 @@ import os
 import shutil
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -178,11 +179,17 @@ def train_parallel(pending: list[Job], jobs: int) -> None:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
         futures = {pool.submit(_train_job, job, level): job for job in pending}
         for future in as_completed(futures):
-            if future.exception() is not None:
-                for other in futures:
-                    other.cancel()  # the runs not started yet
-                log.error("%s failed; the runs already started finish first", futures[future].label)
-                raise future.exception()  # type: ignore[misc]
+            error = future.exception()
+            if error is None:
+                continue
+            for other in futures:
+                other.cancel()  # the runs not started yet
+            if isinstance(error, BrokenProcessPool):  # a worker died (killed, out of memory) before it could report
+                raise ChildProcessError(f"a training process of {futures[future].label} ended without a result "
+                                        "(killed? out of memory?); finished runs are kept: rerun the same command "
+                                        "to resume, with fewer --jobs if memory is short") from None
+            log.error("%s failed; the runs already started finish first", futures[future].label)
+            raise error
 
 
 def _train_job(job: Job, level: int) -> None:
