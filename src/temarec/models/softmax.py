@@ -73,9 +73,10 @@ def distinct_rows(x: torch.Tensor, left_rows: torch.Tensor) -> tuple[torch.Tenso
     same computation on the same inputs (two identical histories, no dropout), so routing their gradients through
     one of them leaves the weights' gradients as they were."""
     M, R, D = x.shape
-    tag = x.new_zeros(R, 1)
-    tag[left_rows] = 1.0 + left_rows.to(x.dtype)[:, None]  # a distinct value per such row (exact below 2^24)
-    key = torch.cat([x.detach().transpose(0, 1).reshape(R, M * D), tag], dim=1)  # (R, M * D + 1)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # compared exactly; the tag exact below 2^24 rows
+    tag = torch.zeros(R, 1, dtype=dtype, device=x.device)
+    tag[left_rows] = 1.0 + left_rows.to(dtype)[:, None]  # a distinct value per such row
+    key = torch.cat([x.detach().transpose(0, 1).reshape(R, M * D).to(dtype), tag], dim=1)  # (R, M * D + 1)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)  # (R,)
     first = torch.full((int(inverse.max()) + 1 if R else 0,), R, dtype=torch.long, device=x.device)
     first.scatter_reduce_(0, inverse, torch.arange(R, device=x.device), "amin")  # each distinct row's first copy
