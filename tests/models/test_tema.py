@@ -470,6 +470,15 @@ def test_each_views_heads_use_that_views_temperatures():
             torch.testing.assert_close(model.fuse_heads(heads, d), model.score_domain(HISTORY, d))
 
 
+def _loss_and_grads(model: TEMA, seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of ``seqs`` and every parameter's gradient, from zero; the same negatives each call."""
+    model.zero_grad()
+    torch.manual_seed(3)
+    loss = model.train().training_loss(seqs)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def test_view_starts_skip_the_columns_no_row_of_a_view_uses():
     views = torch.tensor([[[0, 0, 0, 0, 3], [0, 0, 0, 2, 1]],  # view 0: items in the last 2 columns
                           [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],  # view 1: no item
@@ -491,12 +500,8 @@ def test_each_view_encoded_at_its_own_length_changes_no_state_loss_or_gradient(m
     assert tema.view_starts(view_ids, False) == [8, 6, 4]  # the views are trimmed: the comparison can fail
 
     def run() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        states = model.eval().final_states(seqs)
-        loss = model.train().training_loss(seqs)
-        loss.backward()
-        return states.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                                 if p.grad is not None}
+        states = model.eval().final_states(seqs).detach()
+        return (states, *_loss_and_grads(model, seqs))
 
     states, loss, grads = run()
     monkeypatch.setattr(tema.model, "view_starts", lambda ids, pad: [0] * ids.shape[0])  # every view at full length
@@ -525,18 +530,11 @@ def test_the_heads_normalise_each_distinct_state_once_with_the_same_loss_and_gra
         merged.append(x.shape[1] - out[0].shape[1])
         return out
 
-    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        torch.manual_seed(3)  # the same negatives both times
-        loss_value = model.train().training_loss(seqs)
-        loss_value.backward()
-        return loss_value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
     monkeypatch.setattr(softmax, "distinct_rows", spy)
-    once, grads = run()
+    once, grads = _loss_and_grads(model, seqs)
     assert sum(merged) > 0  # some rows were duplicates, so the comparison can fail
     monkeypatch.setattr(softmax, "distinct_rows", lambda x, rows: (x, torch.arange(x.shape[1]), rows))
-    each, each_grads = run()
+    each, each_grads = _loss_and_grads(model, seqs)
     torch.testing.assert_close(once, each, rtol=1e-6, atol=1e-6)
     assert grads.keys() == each_grads.keys()
     for name in grads:
