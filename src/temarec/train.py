@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.nn  # noqa: F401  (imported before any process group exists: see Distributed)
 from tqdm.auto import tqdm
 
 from temarec.checkpoint import load_state, load_weights, save_state, save_weights, set_weights, weight_tensors
@@ -74,7 +75,14 @@ def peak_rss_mb() -> float:
 
 
 class Distributed:
-    """World info for torchrun; a no-op for a single process."""
+    """World info for torchrun; a no-op for a single process.
+
+    torch.distributed.nn is imported with this module, before init_process_group: on its first import it binds
+    ``group.WORLD`` into its functions' defaults (DDP and a model's first forward import it), and bound to a live
+    group that pins the group past destroy_process_group; its gloo worker threads then outlive the run, and one
+    still releasing its last collective's tensors as the interpreter shuts down aborts the process (SIGABRT,
+    "terminate called without an active exception"). Imported first, the defaults hold None.
+    """
 
     def __init__(self, device: str):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
