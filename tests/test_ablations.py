@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import temarec.ablations as ablations
@@ -123,3 +124,57 @@ def test_later_calls_add_their_tables_to_the_earlier_ones(tmp_path, monkeypatch)
     second = ablations.run_ablations(dataset, [0], tmp_path / "abl", Config(), tables=("5",))
     assert [r["variant"] for r in second["table5"]] == [v for v, _, _ in ablations.TABLE5]
     assert [r["variant"] for r in second["table4"]] == [v for v, _, _ in ablations.TABLE4]
+
+
+def _frames(ranks_by_seed: dict[int, list[int]]) -> dict:
+    """Per-instance ranks of one variant: both domains' test instances get the same ranks."""
+    from temarec.significance import instance_frame
+
+    out = {}
+    for seed, ranks in ranks_by_seed.items():
+        n = len(ranks)
+        domain = np.repeat([0, 1], n)
+        both = np.concatenate([ranks, ranks])
+        out[seed] = instance_frame("test", domain, both, both, np.zeros(2 * n, bool), np.ones(2 * n, bool))
+    return out
+
+
+def test_rows_and_the_selected_lambdas_are_tested_against_the_full_model():
+    rng = np.random.default_rng(0)
+    full = {s: rng.integers(2, 50, 400).tolist() for s in (0, 1)}
+    better = {s: [max(1, r - 1) for r in full[s]] for s in (0, 1)}  # one rank better on every instance
+    same = {s: list(full[s]) for s in (0, 1)}
+    results = {"tema": _fake_result(0.01, 0.02), "tags-onehot": _fake_result(0.01, 0.02),
+               "tags-multihot": _fake_result(0.01, 0.02), "lambda-0.4-0.15": _fake_result(0.05, 0.02)}
+    results["tema"]["seeds"] = {"0": {}, "1": {}}  # the paper's cell has two seeds, the others one
+    frames = {"tema": _frames(full), "tags-onehot": _frames(better), "tags-multihot": _frames(same),
+              "lambda-0.4-0.15": _frames({0: better[0]})}
+    protocols = {v: {"tags": "t", "data": "d"} for v in results}
+    summary = ablations.summarise_ablations(results, protocols, frames)
+
+    onehot, multihot, full_row = summary["table5"]
+    # across seeds: each instance's reciprocal rank averaged over the seeds, then the mean difference
+    expected = float(np.mean(np.mean([[1 / b for b in better[s]] for s in (0, 1)], axis=0)
+                             - np.mean([[1 / f for f in full[s]] for s in (0, 1)], axis=0)))
+    food = onehot["vs_full"]["Food"]
+    assert food["mean_diff"] == pytest.approx(expected) and food["seeds"] == [0, 1]
+    assert food["ci95"][0] > 0 and food["p"] < 1e-3
+    assert multihot["vs_full"]["Kitchen"]["mean_diff"] == 0 and multihot["vs_full"]["Kitchen"]["p"] == 1.0
+    assert full_row["vs_full"] is None  # the full model is the reference
+    versus = summary["lambda_selected_vs_paper"]
+    assert summary["lambda_selected"] == "0.4,0.15" and versus["Food"]["seeds"] == [0]  # the one seed both ran
+    assert summary["lambda_grid_seeds"] == {"0.3,0.1": 2, "0.4,0.15": 1}
+
+    md = ablations.format_ablations(summary)
+    assert "Food: Δ vs full" in md
+    assert f"| {100 * food['mean_diff']:+.2f} [" in md and "p < 0.001" in md
+    assert "| 0.3 |  | 0.75 (2) |  |  |" in md and "| 0.4 |  |  | 3.75 (1) |  |" in md  # mean of the domains
+    assert "(n): the seeds a cell holds" in md
+    assert "Against the paper's lambdas, same test instances, seeds 0: Food +" in md
+
+
+def test_without_per_instance_ranks_the_tables_carry_no_test_column():
+    results = {"tema": _fake_result(0.01, 0.02), "tags-onehot": _fake_result(0.01, 0.02)}
+    summary = ablations.summarise_ablations(results, {v: {"tags": "t", "data": "d"} for v in results})
+    assert summary["table5"][0]["vs_full"] is None
+    assert "Δ vs full |" not in ablations.format_ablations(summary)

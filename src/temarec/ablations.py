@@ -9,7 +9,9 @@ same stored negatives as everything else. An ablation folder holds::
     ablations.json          the tables' numbers; ablations.md the tables in the paper's layout
 
 The paper reports MRR on its Movie domain only; we report both domains' MRR (test, sampled protocol: the paper's)
-and their mean, with the paper's numbers beside for reference. They are not comparable (other data).
+and their mean, with the paper's numbers beside for reference. They are not comparable (other data). Each row and
+the lambdas selected on validation are tested against the full model (the paper's lambdas) on the same test
+instances, over the seeds both ran: the paired bootstrap interval of the MRR difference and Wilcoxon's p.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from temarec.grid import Variant, run_grid, summarise
+from temarec.grid import Variant, interval_text, rank_frames, run_grid, summarise
 from temarec.config import Config
 from temarec.fileio import write_json_atomic, write_text_atomic
+from temarec.significance import against_reference, format_p
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +126,12 @@ def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path
         keyword = run_grid(keyword_dir, [(KEYWORD_ROW, MERGED_ID_TAG)], seeds, keyword_grid, base_cfg, jobs)
     elif any(keyword_grid.glob("runs/*/seed*/metrics.json")):  # Table IV's keyword row from an earlier call
         keyword = summarise(keyword_grid)
+    frames = rank_frames(out / "grid")
     if keyword:
         results.update(keyword["results"])
         protocols.update(keyword["protocol"])
-    summary = summarise_ablations(results, protocols)
+        frames.update(rank_frames(keyword_grid))
+    summary = summarise_ablations(results, protocols, frames)
     write_json_atomic(out / "ablations.json", summary)
     write_text_atomic(out / "ablations.md", format_ablations(summary))
     log.info("wrote %s", out / "ablations.md")
@@ -140,35 +145,67 @@ def _mrr(result: dict[str, Any], split: str) -> dict[str, float]:
     return per
 
 
-def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any]) -> dict[str, Any]:
-    """The tables' rows (test MRR, %), the lambda grid (validation MRR, %) and the lambdas selected on validation."""
+def against_full(frames: dict[str, dict[int, Any]], domains: list[str]) -> dict[str, dict[str, Any]]:
+    """{variant: {domain: test-MRR comparison with the full model "tema"}} (sampled protocol, across the seeds
+    both ran: mean_diff, ci95, p, seeds); empty without the full model's per-instance ranks."""
+    if "tema" not in frames:
+        return {}
+    tests = against_reference(frames, "tema", domains, ("sampled",)).get("sampled", {})
+    out: dict[str, dict[str, Any]] = {}
+    for domain, by_variant in tests.items():
+        for variant, r in by_variant.items():
+            out.setdefault(variant, {})[domain] = {**r["across_seeds"], "seeds": r["seeds"]}
+    return out
+
+
+def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any],
+                        frames: dict[str, dict[int, Any]] | None = None) -> dict[str, Any]:
+    """The tables' rows (test MRR, %), the lambda grid (validation MRR, %) and the lambdas selected on validation;
+    with ``frames`` (per-instance ranks, :func:`temarec.grid.rank_frames`) each row and the selected lambdas
+    against the full model."""
+    domains = [d for d in next(iter(results.values()))["mean"]["test"]["sampled"]]
+    versus = against_full(frames or {}, domains)
+
     def rows(table: list[tuple[str, str, float | None]]) -> list[dict[str, Any]]:
         if not any(v in results for v, _, _ in table if v != "tema"):  # the full model alone is no table
             return []
         return [{"variant": v, "label": label, "paper_movie_mrr": paper, "test_mrr": _mrr(results[v], "test"),
                  "valid_mrr": _mrr(results[v], "valid"), "seeds": len(results[v]["seeds"]),
-                 "tags": protocols[v]["tags"]} for v, label, paper in table if v in results]
+                 "tags": protocols[v]["tags"], "vs_full": versus.get(v)} for v, label, paper in table if v in results]
 
-    grid = {f"{l1:g},{l2:g}": _mrr(results[lambda_name(l1, l2)], "valid")["mean"]
-            for l1 in LAMBDA1 for l2 in LAMBDA2 if lambda_name(l1, l2) in results}
+    cells = {f"{l1:g},{l2:g}": lambda_name(l1, l2) for l1 in LAMBDA1 for l2 in LAMBDA2
+             if lambda_name(l1, l2) in results}
     if not any(v.startswith("lambda-") for v in results):  # the full model alone is no grid
-        grid = {}
+        cells = {}
+    grid = {key: _mrr(results[name], "valid")["mean"] for key, name in cells.items()}
     best = max(grid, key=grid.get) if grid else None
-    l1, l2 = (float(x) for x in best.split(",")) if best else (0.3, 0.1)
-    domains = [d for d in next(iter(results.values()))["mean"]["test"]["sampled"]]
     return {"domains": domains, "table4": rows(TABLE4), "table5": rows(TABLE5), "table6": rows(TABLE6),
-            "lambda_grid_valid_mrr": grid, "lambda_selected": best,
-            "lambda_selected_test_mrr": _mrr(results[lambda_name(l1, l2)], "test") if best else None,
+            "lambda_grid_valid_mrr": grid,
+            "lambda_grid_seeds": {key: len(results[name]["seeds"]) for key, name in cells.items()},
+            "lambda_selected": best,
+            "lambda_selected_test_mrr": _mrr(results[cells[best]], "test") if best else None,
+            "lambda_selected_vs_paper": versus.get(cells[best]) if best else None,
             "data": protocols["tema"]["data"] if "tema" in protocols else ""}
 
 
+def _versus(test: dict[str, Any] | None) -> str:
+    """One comparison with the full model: ΔMRR in points, its 95% interval and Wilcoxon's p."""
+    if not test:
+        return "—"
+    return f"{100 * test['mean_diff']:+.2f} {interval_text(test)}, p {format_p(test['p'])}"
+
+
 def _table(title: str, rows: list[dict[str, Any]], domains: list[str]) -> list[str]:
-    head = "| variant | " + " | ".join(f"{d} MRR" for d in domains) + " | mean MRR | seeds | paper (Movie) MRR |"
-    lines = [f"## {title}", "", head, "|---|" + "---|" * (len(domains) + 3)]
+    tested = any(r.get("vs_full") for r in rows)
+    versus = [f"{d}: Δ vs full" for d in domains] if tested else []
+    head = ("| variant | " + " | ".join(f"{d} MRR" for d in domains) + " | mean MRR | seeds | "
+            + "".join(f"{v} | " for v in versus) + "paper (Movie) MRR |")
+    lines = [f"## {title}", "", head, "|---|" + "---|" * (len(domains) + 3 + len(versus))]
     for r in rows:
         cells = " | ".join(f"{r['test_mrr'][d]:.2f}" for d in domains)
         paper = f"{r['paper_movie_mrr']:.2f}" if r["paper_movie_mrr"] is not None else "—"
-        lines.append(f"| {r['label']} | {cells} | {r['test_mrr']['mean']:.2f} | {r['seeds']} | {paper} |")
+        tests = "".join(f"{_versus((r.get('vs_full') or {}).get(d))} | " for d in domains) if tested else ""
+        lines.append(f"| {r['label']} | {cells} | {r['test_mrr']['mean']:.2f} | {r['seeds']} | {tests}{paper} |")
     return lines + [""]
 
 
@@ -179,7 +216,10 @@ def format_ablations(summary: dict[str, Any]) -> str:
              "- test MRR in %, sampled protocol (the paper's), mean over seeds; the paper's column is its Movie "
              "domain (Movie-Book data), for reference only",
              "- rows 1-3 of Table IV use one merged-sequence encoder; the keyword row is trained on a copy of the "
-             "dataset whose tags come from keyword matching against the same vocabulary", ""]
+             "dataset whose tags come from keyword matching against the same vocabulary",
+             "- Δ vs full: the row's test MRR minus the full model's (points), on the same test instances over the "
+             "seeds both ran (each instance's reciprocal rank averaged over them), with the paired bootstrap 95% "
+             "interval and the Wilcoxon signed-rank p", ""]
     for title, key in (("Table IV: core modules", "table4"), ("Table V: tag representation", "table5"),
                        ("Table VI: tag selection", "table6")):
         lines += _table(title, summary[key], domains) if summary[key] else []
@@ -188,10 +228,20 @@ def format_ablations(summary: dict[str, Any]) -> str:
         lines += ["## lambda grid (validation MRR, mean over domains, %)", "",
                   "| lambda1 \\ lambda2 | " + " | ".join(f"{l2:g}" for l2 in LAMBDA2) + " |",
                   "|---|" + "---|" * len(LAMBDA2)]
+        seeds = summary.get("lambda_grid_seeds", {})
+        uneven = len(set(seeds.values())) > 1
         for l1 in LAMBDA1:
-            cells = [f"{grid[f'{l1:g},{l2:g}']:.2f}" if f"{l1:g},{l2:g}" in grid else "" for l2 in LAMBDA2]
+            keys = [f"{l1:g},{l2:g}" for l2 in LAMBDA2]
+            cells = [(f"{grid[k]:.2f}" + (f" ({seeds[k]})" if uneven else "")) if k in grid else "" for k in keys]
             lines.append(f"| {l1:g} | " + " | ".join(cells) + " |")
+        lines += ["", "(n): the seeds a cell holds, where the cells differ; its figure is their mean." if uneven
+                  else f"Seeds per cell: {next(iter(seeds.values()))}." if seeds else ""]
         test = summary["lambda_selected_test_mrr"]
         lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: 0.3, 0.1); "
                   "its test MRR: " + ", ".join(f"{d} {test[d]:.2f}" for d in domains) + f", mean {test['mean']:.2f}."]
+        versus = summary.get("lambda_selected_vs_paper")
+        if versus:
+            used = next(iter(versus.values()))["seeds"]
+            lines.append("Against the paper's lambdas, same test instances, seeds " + ", ".join(map(str, used))
+                         + ": " + "; ".join(f"{d} {_versus(versus.get(d))}" for d in domains) + ".")
     return "\n".join(lines) + "\n"

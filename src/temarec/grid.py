@@ -269,14 +269,24 @@ def _stopped_while_improving(run: Path, metrics: dict[str, Any]) -> bool:
     return epochs - int(metrics.get("selected_epoch") or 0) < patience
 
 
-def _significance(runs: dict[str, dict[int, Path]], results: dict[str, Any]) -> dict[str, Any]:
-    """The paired tests against the best other model and the test-set slices, over runs that kept their ranks."""
+def rank_frames(out_dir: str | Path) -> dict[str, dict[int, Any]]:
+    """{variant: {seed: per-instance ranks}} of the finished runs under ``out_dir/runs`` that kept their ranks."""
+    return _rank_frames(_finished_runs(Path(out_dir)))
+
+
+def _rank_frames(runs: dict[str, dict[int, Path]]) -> dict[str, dict[int, Any]]:
     frames = {}
     for name, by_seed in runs.items():
         kept = {seed: read_ranks(path) for seed, path in by_seed.items()}
         kept = {seed: f for seed, f in kept.items() if f is not None}
         if kept:
             frames[name] = kept
+    return frames
+
+
+def _significance(runs: dict[str, dict[int, Path]], results: dict[str, Any]) -> dict[str, Any]:
+    """The paired tests against the best other model and the test-set slices, over runs that kept their ranks."""
+    frames = _rank_frames(runs)
     if not frames:
         return {}
     first = next(iter(results["results"].values()))["mean"]["test"]
@@ -435,7 +445,7 @@ def _format_significance(results: dict[str, Any]) -> list[str]:
         a = r["across_seeds"]
         per = ", ".join(f"{s}: {format_p(v['p'])}" for s, v in r["per_seed"].items())
         lines.append(f"| {protocol} | {domain} | {model} | {r['against']} | {100 * a['mean_diff']:+.2f} "
-                     f"| {_interval(a)} | {format_p(a['p'])} | {per} |")
+                     f"| {interval_text(a)} | {format_p(a['p'])} | {per} |")
     lines += _format_against_pop(results.get("against_pop"))
     slices = results["slices"]
     names = list(SLICES)
@@ -457,7 +467,7 @@ def _by_protocol_domain_model(nested: dict[str, Any]):
                 yield protocol, domain, model, value
 
 
-def _interval(across: dict[str, Any]) -> str:
+def interval_text(across: dict[str, Any]) -> str:
     """A comparison's bootstrap interval in points ("—" in results.json written before intervals existed)."""
     low, high = across.get("ci95", (None, None))
     return "—" if low is None else f"[{100 * low:+.2f}, {100 * high:+.2f}]"
@@ -475,7 +485,7 @@ def _format_against_pop(against: dict[str, Any] | None) -> list[str]:
     for protocol, domain, model, r in _by_protocol_domain_model(against["tests"]):
         a = r["across_seeds"]
         per = ", ".join(f"{s}: {100 * v['mean_diff']:+.2f}" for s, v in r["per_seed"].items())
-        lines.append(f"| {protocol} | {domain} | {model} | {100 * a['mean_diff']:+.2f} | {_interval(a)} "
+        lines.append(f"| {protocol} | {domain} | {model} | {100 * a['mean_diff']:+.2f} | {interval_text(a)} "
                      f"| {format_p(a['p'])} | {per} | {verdict(a['ci95'])} |")
     return lines
 
