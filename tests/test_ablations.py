@@ -172,6 +172,12 @@ def test_rows_and_the_selected_lambdas_are_tested_against_the_full_model():
     assert "(n): the seeds a cell holds" in md
     assert "Against the paper's lambdas, same test instances, seeds 0: Food +" in md
 
+    results["tema"] = _fake_result(0.09, 0.02)  # now the paper's own cell validates best
+    summary = ablations.summarise_ablations(results, protocols, frames)
+    assert summary["lambda_selected"] == "0.3,0.1" and summary["lambda_selected_vs_paper"] is None
+    md = ablations.format_ablations(summary)
+    assert "validation picks the full model itself" in md and "Against the paper's lambdas" not in md
+
 
 def test_without_per_instance_ranks_the_tables_carry_no_test_column():
     results = {"tema": _fake_result(0.01, 0.02), "tags-onehot": _fake_result(0.01, 0.02)}
