@@ -184,3 +184,9 @@ def test_without_per_instance_ranks_the_tables_carry_no_test_column():
     summary = ablations.summarise_ablations(results, {v: {"tags": "t", "data": "d"} for v in results})
     assert summary["table5"][0]["vs_full"] is None
     assert "Δ vs full |" not in ablations.format_ablations(summary)
+
+
+def test_a_missing_dataset_leaves_no_ablation_folder(tmp_path):
+    with pytest.raises(ValueError, match="not a temarec dataset folder"):
+        ablations.run_ablations(tmp_path / "nowhere", [0], tmp_path / "out" / "ablations", Config(), tables=("lambda",))
+    assert not (tmp_path / "out").exists()

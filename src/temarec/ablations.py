@@ -116,7 +116,6 @@ def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path
     """
     rows = variants(tables)  # an unknown table fails here, before OUT is created
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     main = run_grid(dataset_dir, rows, seeds, out / "grid", base_cfg, jobs)
     results, protocols = dict(main["results"]), dict(main["protocol"])
     keyword_grid = out / "keyword" / "grid"
