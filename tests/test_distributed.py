@@ -27,7 +27,12 @@ logging.basicConfig(level=logging.INFO)
 train_run(sys.argv[1], load_config(None, sys.argv[3:]), sys.argv[2])
 tasks = "/proc/self/task"
 if os.path.isdir(tasks):  # Linux: the threads still running as the interpreter is about to shut down
-    names = [open(os.path.join(tasks, t, "comm")).read().strip() for t in os.listdir(tasks)]
+    names = []
+    for t in os.listdir(tasks):
+        try:
+            names.append(open(os.path.join(tasks, t, "comm")).read().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
     print("gloo threads left:", sum(name.startswith("pt_gloo") for name in names), flush=True)
 """
 
