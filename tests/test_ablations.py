@@ -9,6 +9,7 @@ import pytest
 
 import temarec.ablations as ablations
 from temarec.config import Config
+from tests.test_significance import _frames as significance_frames
 
 
 def test_variants_are_distinct_valid_configs_covering_every_table_and_the_lambda_grid():
@@ -128,15 +129,9 @@ def test_later_calls_add_their_tables_to_the_earlier_ones(tmp_path, monkeypatch)
 
 def _frames(ranks_by_seed: dict[int, list[int]]) -> dict:
     """Per-instance ranks of one variant: both domains' test instances get the same ranks."""
-    from temarec.significance import instance_frame
-
-    out = {}
-    for seed, ranks in ranks_by_seed.items():
-        n = len(ranks)
-        domain = np.repeat([0, 1], n)
-        both = np.concatenate([ranks, ranks])
-        out[seed] = instance_frame("test", domain, both, both, np.zeros(2 * n, bool), np.ones(2 * n, bool))
-    return out
+    n = len(next(iter(ranks_by_seed.values())))
+    return significance_frames({seed: ranks + ranks for seed, ranks in ranks_by_seed.items()},
+                               domain=np.repeat([0, 1], n))
 
 
 def test_rows_and_the_selected_lambdas_are_tested_against_the_full_model():
