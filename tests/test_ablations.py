@@ -185,3 +185,31 @@ def test_a_missing_dataset_leaves_no_ablation_folder(tmp_path):
     with pytest.raises(ValueError, match="not a temarec dataset folder"):
         ablations.run_ablations(tmp_path / "nowhere", [0], tmp_path / "out" / "ablations", Config(), tables=("lambda",))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lambda_grid_of_the_callers_values_keeps_the_full_model_as_its_reference():
+    names = dict(ablations.variants(("lambda",), lambda1=(0.3,), lambda2=(0.2, 0.3)))
+    assert list(names) == ["tema", "lambda-0.3-0.2", "lambda-0.3-0.3"]  # the paper's cell, though not asked for
+    assert Config().replace(**names["lambda-0.3-0.3"]).model.settings.lambdas == (0.3, 0.3)
+    assert [ablations.lambda_cell(n) for n in names] == [(0.3, 0.1), (0.3, 0.2), (0.3, 0.3)]
+    assert ablations.lambda_cell("tags-onehot") is None and ablations.lambda_cell("lambda-a-b-c") is None
+    assert ablations.lambda_cell(ablations.lambda_name(0.0001, 25)) == (0.0001, 25.0)  # every allowed value reads back
+
+
+@pytest.mark.parametrize("text, why", [("0.1,x", "comma list of numbers"), ("-0.1", "each 0 or between"),
+                                       ("0.00001", "each 0 or between"), ("0.1,0.1", "distinct"), ("", "numbers")])
+def test_lambda_values_name_what_is_wrong(text, why):
+    with pytest.raises(ValueError, match=why):
+        ablations.lambda_values(text, "--lambda2")
+
+
+def test_the_grid_table_shows_every_cell_the_folder_holds_beyond_the_papers_grid():
+    valid = {"tema": 0.01, "lambda-0.3-0.2": 0.02, "lambda-0.3-0.3": 0.04, "lambda-0.5-0.05": 0.03}
+    results = {v: _fake_result(x, 0.02) for v, x in valid.items()}
+    summary = ablations.summarise_ablations(results, {v: {"tags": "t", "data": "d"} for v in results})
+    assert summary["lambda_selected"] == "0.3,0.3"  # beyond the paper's lambda2 = 0.2 edge
+    assert list(summary["lambda_grid_valid_mrr"]) == ["0.3,0.1", "0.3,0.2", "0.3,0.3", "0.5,0.05"]
+    md = ablations.format_ablations(summary)
+    assert "| lambda1 \\ lambda2 | 0.05 | 0.1 | 0.15 | 0.2 | 0.3 |" in md  # the paper's axes, extended
+    assert "| 0.3 |  | 0.75 |  | 1.50 | 3.00 |" in md and "| 0.5 | 2.25 |  |  |  |  |" in md  # mean of domains
+    assert "| 0.2 |  |  |  |  |  |" in md

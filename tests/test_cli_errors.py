@@ -27,6 +27,15 @@ def test_train_on_a_device_torch_cannot_use_is_one_line_and_no_run_folder(genera
     assert not out.exists()
 
 
+def test_a_run_failing_before_its_first_epoch_leaves_none_of_the_folders_it_made(generated_dataset, tmp_path, capsys):
+    (tmp_path / "bench").mkdir()  # there before: kept
+    out = tmp_path / "bench" / "runs" / "tema" / "seed0"
+    code = main(["train", "--dataset", str(generated_dataset), "--model", "tema", "--out", str(out),
+                 "--set", "model.tema.modalities=id,txt"])  # the generated world has no text features
+    assert "data has no features" in _one_line_error(capsys, code, "train")
+    assert list((tmp_path / "bench").iterdir()) == []
+
+
 def _damaged_dataset(generated_dataset, tmp_path, name: str):
     """A copy of the generated dataset folder whose file ``name`` is cut short (as by a full disk)."""
     import shutil
@@ -85,3 +94,15 @@ def test_bench_with_an_unknown_ablation_table_is_one_line_and_writes_nothing(gen
                  "--out", str(out)])
     assert "unknown ablation tables ['7']" in _one_line_error(capsys, code, "bench")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--ablations", "--lambda2", "0.1,-0.3"], "--lambda2 needs distinct weights"),
+    (["--ablations", "--tables", "5", "--lambda1", "0.2"], "--lambda1 set the lambda grid of --ablations"),
+    (["--models", "pop", "--lambda1", "0.2", "--lambda2", "0.3"], "--lambda1 and --lambda2 set the lambda grid"),
+])
+def test_bench_with_a_bad_lambda_grid_is_one_line_and_trains_nothing(args, why, generated_dataset, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "--dataset", str(generated_dataset), "--seeds", "0,", "--out", str(out), *args])
+    assert why in _one_line_error(capsys, code, "bench")
+    assert not out.exists()  # checked before the models' rows train

@@ -12,6 +12,10 @@ The paper reports MRR on its Movie domain only; we report both domains' MRR (tes
 and their mean, with the paper's numbers beside for reference. They are not comparable (other data). Each row and
 the lambdas selected on validation are tested against the full model (the paper's lambdas) on the same test
 instances, over the seeds both ran: the paired bootstrap interval of the MRR difference and Wilcoxon's p.
+
+The lambda grid is the paper's (LAMBDA1 x LAMBDA2) unless the caller gives other values (``--lambda1``,
+``--lambda2``); its table spans the paper's values and every other one the folder holds, so grids run by
+separate calls accumulate.
 """
 
 from __future__ import annotations
@@ -51,15 +55,43 @@ TABLE6 = [("tags-topr", "Top-R only", 6.29),
 LAMBDA1 = (0.2, 0.3, 0.4, 0.5)
 LAMBDA2 = (0.05, 0.1, 0.15, 0.2)
 TABLES = ("4", "5", "6", "lambda")  # what ``--tables`` selects: Tables IV, V, VI and the lambda grid
+PAPER_LAMBDAS = (0.3, 0.1)  # the full model's
+LAMBDA_PREFIX = "lambda-"
 
 
 def lambda_name(l1: float, l2: float) -> str:
-    return "tema" if (l1, l2) == (0.3, 0.1) else f"lambda-{l1:g}-{l2:g}"
+    return "tema" if (l1, l2) == PAPER_LAMBDAS else f"{LAMBDA_PREFIX}{l1:g}-{l2:g}"
 
 
-def variants(tables: tuple[str, ...] = TABLES) -> list[Variant]:
+def lambda_values(text: str, flag: str) -> tuple[float, ...]:
+    """``--lambda1`` / ``--lambda2``: a comma list of distinct weights, each 0 or in [0.0001, 100] (so that the
+    run names written by :func:`lambda_name` read back: no exponent)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} needs a comma list of numbers, e.g. 0.1,0.2,0.3; got {text!r}") from None
+    bad = [v for v in values if not (v == 0 or 1e-4 <= v <= 100)]
+    if bad or len(set(values)) != len(values):
+        raise ValueError(f"{flag} needs distinct weights, each 0 or between 0.0001 and 100; got {text!r}")
+    return values
+
+
+def lambda_cell(name: str) -> tuple[float, float] | None:
+    """(lambda1, lambda2) of a grid variant's name, None for any other name (another table's variant)."""
+    if name == "tema":
+        return PAPER_LAMBDAS
+    try:
+        l1, l2 = name.removeprefix(LAMBDA_PREFIX).split("-") if name.startswith(LAMBDA_PREFIX) else ("", "")
+        return float(l1), float(l2)
+    except ValueError:
+        return None
+
+
+def variants(tables: tuple[str, ...] = TABLES, lambda1: tuple[float, ...] = LAMBDA1,
+             lambda2: tuple[float, ...] = LAMBDA2) -> list[Variant]:
     """The main grid's variants for ``tables`` (their rows but the keyword one), each a full set of TEMA
-    overrides; the full model ("tema") belongs to every table."""
+    overrides; the full model ("tema") belongs to every table, the lambda grid (``lambda1`` x ``lambda2``)
+    included: the selected lambdas are tested against it."""
     unknown = [t for t in tables if t not in TABLES]
     if unknown or not tables:
         raise ValueError(f"unknown ablation tables {unknown or list(tables)}; choose among {', '.join(TABLES)}")
@@ -73,9 +105,9 @@ def variants(tables: tuple[str, ...] = TABLES) -> list[Variant]:
         "tags-topr": {**FULL, "tags.selection": "topr"},
         "tags-threshold": {**FULL, "tags.selection": "threshold"},
     }
-    grid = {lambda_name(l1, l2): {**FULL, "model.tema.lambdas": f"{l1:g},{l2:g}"} for l1 in LAMBDA1 for l2 in LAMBDA2}
+    grid = {lambda_name(l1, l2): {**FULL, "model.tema.lambdas": f"{l1:g},{l2:g}"} for l1 in lambda1 for l2 in lambda2}
     wanted = {"4": [v for v, _, _ in TABLE4 if v != KEYWORD_ROW], "5": [v for v, _, _ in TABLE5],
-              "6": [v for v, _, _ in TABLE6], "lambda": list(grid)}
+              "6": [v for v, _, _ in TABLE6], "lambda": ["tema", *(v for v in grid if v != "tema")]}
     overrides = {**rows, **grid}
     out: dict[str, dict[str, str]] = {}
     for table in (t for t in TABLES if t in tables):
@@ -108,13 +140,14 @@ def keyword_dataset(dataset_dir: str | Path, out: Path, base_cfg: Config) -> Pat
 
 
 def run_ablations(dataset_dir: str | Path, seeds: list[int], out_dir: str | Path, base_cfg: Config,
-                  tables: tuple[str, ...] = TABLES, jobs: int = 1) -> dict[str, Any]:
+                  tables: tuple[str, ...] = TABLES, jobs: int = 1, lambda1: tuple[float, ...] = LAMBDA1,
+                  lambda2: tuple[float, ...] = LAMBDA2) -> dict[str, Any]:
     """Train the variants of ``tables`` for every seed (finished runs are reused), ``jobs`` runs at once; write
-    ablations.md/.json.
+    ablations.md/.json. ``lambda1`` x ``lambda2``: the lambda grid's cells (default the paper's).
 
     The tables show every finished run of the folder, so tables run by separate calls accumulate.
     """
-    rows = variants(tables)  # an unknown table fails here, before OUT is created
+    rows = variants(tables, lambda1, lambda2)  # an unknown table fails here, before OUT is created
     out = Path(out_dir)
     main = run_grid(dataset_dir, rows, seeds, out / "grid", base_cfg, jobs)
     results, protocols = dict(main["results"]), dict(main["protocol"])
@@ -172,9 +205,9 @@ def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any],
                  "valid_mrr": _mrr(results[v], "valid"), "seeds": len(results[v]["seeds"]),
                  "tags": protocols[v]["tags"], "vs_full": versus.get(v)} for v, label, paper in table if v in results]
 
-    cells = {f"{l1:g},{l2:g}": lambda_name(l1, l2) for l1 in LAMBDA1 for l2 in LAMBDA2
-             if lambda_name(l1, l2) in results}
-    if not any(v.startswith("lambda-") for v in results):  # the full model alone is no grid
+    found = {cell: name for name in results if (cell := lambda_cell(name))}
+    cells = {f"{l1:g},{l2:g}": found[l1, l2] for l1, l2 in sorted(found)}
+    if not any(v.startswith(LAMBDA_PREFIX) for v in results):  # the full model alone is no grid
         cells = {}
     grid = {key: _mrr(results[name], "valid")["mean"] for key, name in cells.items()}
     best = max(grid, key=grid.get) if grid else None
@@ -224,22 +257,25 @@ def format_ablations(summary: dict[str, Any]) -> str:
         lines += _table(title, summary[key], domains) if summary[key] else []
     grid = summary["lambda_grid_valid_mrr"]
     if grid:
+        pairs = [tuple(key.split(",")) for key in grid]  # axes: the paper's values and every other one held
+        rows = sorted({l1 for l1, _ in pairs} | {f"{v:g}" for v in LAMBDA1}, key=float)
+        columns = sorted({l2 for _, l2 in pairs} | {f"{v:g}" for v in LAMBDA2}, key=float)
         lines += ["## lambda grid (validation MRR, mean over domains, %)", "",
-                  "| lambda1 \\ lambda2 | " + " | ".join(f"{l2:g}" for l2 in LAMBDA2) + " |",
-                  "|---|" + "---|" * len(LAMBDA2)]
+                  "| lambda1 \\ lambda2 | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
         seeds = summary.get("lambda_grid_seeds", {})
         uneven = len(set(seeds.values())) > 1
-        for l1 in LAMBDA1:
-            keys = [f"{l1:g},{l2:g}" for l2 in LAMBDA2]
+        for l1 in rows:
+            keys = [f"{l1},{l2}" for l2 in columns]
             cells = [(f"{grid[k]:.2f}" + (f" ({seeds[k]})" if uneven else "")) if k in grid else "" for k in keys]
-            lines.append(f"| {l1:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {l1} | " + " | ".join(cells) + " |")
         lines += ["", "(n): the seeds a cell holds, where the cells differ; its figure is their mean." if uneven
                   else f"Seeds per cell: {next(iter(seeds.values()))}." if seeds else ""]
         test = summary["lambda_selected_test_mrr"]
         lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: 0.3, 0.1); "
                   "its test MRR: " + ", ".join(f"{d} {test[d]:.2f}" for d in domains) + f", mean {test['mean']:.2f}."]
         versus = summary.get("lambda_selected_vs_paper")
-        if summary["lambda_selected"] == "0.3,0.1":
+        if summary["lambda_selected"] == "{:g},{:g}".format(*PAPER_LAMBDAS):
             lines.append("These are the paper's lambdas: validation picks the full model itself.")
         elif versus:
             used = next(iter(versus.values()))["seeds"]

@@ -95,6 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--dataset is required (unless --summarise)")
     cfg = load_config(args.config, args.set, model_defaults=False)  # each row adds its model's own
     seeds = seed_list(args.seeds)
+    lambdas = _lambda_grid(args)  # checked before anything trains
     default = "" if args.ablations or args.row else "pop,gru4rec,sasrec"
     models = args.models if args.models is not None else default
     if models or args.row:
@@ -107,8 +108,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from temarec.ablations import run_ablations
 
         run_ablations(args.dataset, seeds, out / "ablations", cfg, tables=tuple(args.tables.split(",")),
-                      jobs=args.jobs)
+                      jobs=args.jobs, lambda1=lambdas[0], lambda2=lambdas[1])
     return 0
+
+
+def _lambda_grid(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``--lambda1`` / ``--lambda2`` (the paper's grid where not given); they apply to the ablations' lambda grid only."""
+    from temarec.ablations import LAMBDA1, LAMBDA2, lambda_values
+
+    given = [flag for flag, value in (("--lambda1", args.lambda1), ("--lambda2", args.lambda2)) if value]
+    if given and not (args.ablations and "lambda" in args.tables.split(",")):
+        raise ValueError(f"{' and '.join(given)} set the lambda grid of --ablations: add --ablations (with lambda "
+                         "in --tables) or drop them")
+    return (lambda_values(args.lambda1, "--lambda1") if args.lambda1 else LAMBDA1,
+            lambda_values(args.lambda2, "--lambda2") if args.lambda2 else LAMBDA2)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -359,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", action="store_true", help="also run the ablation grid into OUT/ablations")
     p.add_argument("--tables", default="4,5,6,lambda",
                    help="with --ablations: which of Tables 4, 5, 6 and the lambda grid to run (default all)")
+    p.add_argument("--lambda1", help="with --ablations: the lambda grid's lambda1 values, a comma list (default "
+                                     "the paper's, 0.2,0.3,0.4,0.5)")
+    p.add_argument("--lambda2", help="with --ablations: the lambda grid's lambda2 values, a comma list (default "
+                                     "the paper's, 0.05,0.1,0.15,0.2)")
     p.add_argument("--summarise", action="store_true", help="only rebuild results and plots from OUT's runs")
     p.add_argument("--jobs", type=_positive, default=1,
                    help="runs trained at once, each in its own process (default 1); with --set train.threads=T, "

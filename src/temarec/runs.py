@@ -185,12 +185,18 @@ def train_run(dataset_dir: str | Path, cfg: Config, out_dir: str | Path, resume:
     _check_device(cfg.train.device)
     _check_validation_domains(dataset)
     dist = Distributed(cfg.train.device)
+    made = [folder for folder in out.absolute().parents if not folder.exists()]  # made for this run, deepest first
     fresh = dist.is_main and _prepare_run_dir(out, resume)
     try:
         return _train(dataset, cfg, out, dist, resume)
     except BaseException:
         if fresh and not (out / STATE).is_file():  # nothing to resume from: leave no half-made run behind
             _remove_run_files(out)
+            for folder in made:
+                try:
+                    folder.rmdir()  # only if empty: another run of a grid may have made it its parent too
+                except OSError:
+                    break
         raise
 
 
