@@ -65,3 +65,20 @@ def test_train_and_bench_give_each_model_its_training_defaults_unless_set(monkey
     variants, base = rows[0]
     assert variants == [("sasrec", {"model.name": "sasrec"}), ("pinet", {"model.name": "pinet", "train.batch_size": "128"})]
     assert base.train.batch_size == 256  # SASRec's row is not given π-Net's batch
+
+
+def test_bench_ablations_prints_its_tables_and_passes_the_lambda_grid_on(monkeypatch, tmp_path, capsys):
+    import temarec.ablations
+
+    calls = []
+
+    def fake_ablations(dataset, seeds, out, cfg, tables, jobs, lambda1, lambda2):
+        calls.append((tables, lambda1, lambda2))
+        out.mkdir(parents=True)
+        (out / "ablations.md").write_text("# TEMA ablations\n(the tables)\n")
+
+    monkeypatch.setattr(temarec.ablations, "run_ablations", fake_ablations)
+    assert main(["bench", "--dataset", "D", "--ablations", "--tables", "lambda", "--lambda2", "0.2,0.3",
+                 "--seeds", "0,", "--out", str(tmp_path / "b")]) == 0
+    assert calls == [(("lambda",), temarec.ablations.LAMBDA1, (0.2, 0.3))]
+    assert capsys.readouterr().out == "# TEMA ablations\n(the tables)\n"

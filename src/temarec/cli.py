@@ -109,6 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         run_ablations(args.dataset, seeds, out / "ablations", cfg, tables=tuple(args.tables.split(",")),
                       jobs=args.jobs, lambda1=lambdas[0], lambda2=lambdas[1])
+        print((out / "ablations" / "ablations.md").read_text(), end="")
     return 0
 
 
