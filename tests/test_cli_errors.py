@@ -98,6 +98,7 @@ def test_bench_with_an_unknown_ablation_table_is_one_line_and_writes_nothing(gen
 
 @pytest.mark.parametrize("args, why", [
     (["--ablations", "--lambda2", "0.1,-0.3"], "--lambda2 needs distinct weights"),
+    (["--ablations", "--lambda1", ""], "--lambda1 needs a comma list of numbers"),
     (["--ablations", "--tables", "5", "--lambda1", "0.2"], "--lambda1 set the lambda grid of --ablations"),
     (["--models", "pop", "--lambda1", "0.2", "--lambda2", "0.3"], "--lambda1 and --lambda2 set the lambda grid"),
 ])

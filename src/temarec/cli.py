@@ -117,12 +117,12 @@ def _lambda_grid(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[flo
     """``--lambda1`` / ``--lambda2`` (the paper's grid where not given); they apply to the ablations' lambda grid only."""
     from temarec.ablations import LAMBDA1, LAMBDA2, lambda_values
 
-    given = [flag for flag, value in (("--lambda1", args.lambda1), ("--lambda2", args.lambda2)) if value]
+    given = [flag for flag, value in (("--lambda1", args.lambda1), ("--lambda2", args.lambda2)) if value is not None]
     if given and not (args.ablations and "lambda" in args.tables.split(",")):
         raise ValueError(f"{' and '.join(given)} set the lambda grid of --ablations: add --ablations (with lambda "
                          "in --tables) or drop them")
-    return (lambda_values(args.lambda1, "--lambda1") if args.lambda1 else LAMBDA1,
-            lambda_values(args.lambda2, "--lambda2") if args.lambda2 else LAMBDA2)
+    return (LAMBDA1 if args.lambda1 is None else lambda_values(args.lambda1, "--lambda1"),
+            LAMBDA2 if args.lambda2 is None else lambda_values(args.lambda2, "--lambda2"))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
