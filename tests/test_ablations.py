@@ -213,3 +213,16 @@ def test_the_grid_table_shows_every_cell_the_folder_holds_beyond_the_papers_grid
     assert "| lambda1 \\ lambda2 | 0.05 | 0.1 | 0.15 | 0.2 | 0.3 |" in md  # the paper's axes, extended
     assert "| 0.3 |  | 0.75 |  | 1.50 | 3.00 |" in md and "| 0.5 | 2.25 |  |  |  |  |" in md  # mean of domains
     assert "| 0.2 |  |  |  |  |  |" in md
+
+
+def test_the_report_says_which_protocol_preset_encoders_and_tag_sources_produced_it():
+    results = {v: _fake_result(0.01, 0.02) for v in ("tema", "tags-onehot", ablations.KEYWORD_ROW)}
+    common = {"data": "d", "negatives": 999, "negatives_preset": "abxi", "training": "sampled softmax, 1024",
+              "encoders": "text: all-MiniLM-L6-v2 (384-d), image: none"}
+    protocols = {v: {**common, "tags": "mined + embedding matching"} for v in results}
+    protocols[ablations.KEYWORD_ROW]["tags"] = "mined + keyword matching"
+    md = ablations.format_ablations(ablations.summarise_ablations(results, protocols))
+    assert "- protocol, sampled: the target against 999 stored negatives of its domain, negatives preset abxi" in md
+    assert "- training: sampled softmax, 1024; encoders text: all-MiniLM-L6-v2 (384-d), image: none" in md
+    assert "- tags, full model: mined + embedding matching" in md
+    assert "- tags, Table IV's keyword row: mined + keyword matching" in md

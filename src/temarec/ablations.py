@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from temarec.grid import Variant, interval_text, rank_frames, run_grid, summarise
+from temarec.grid import Variant, interval_text, presets, rank_frames, run_grid, summarise
 from temarec.config import Config
 from temarec.fileio import write_json_atomic, write_text_atomic
 from temarec.significance import against_reference, format_p
@@ -217,7 +217,17 @@ def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any],
             "lambda_selected": best,
             "lambda_selected_test_mrr": _mrr(results[cells[best]], "test") if best else None,
             "lambda_selected_vs_paper": versus.get(cells[best]) if best else None,
-            "data": protocols["tema"]["data"] if "tema" in protocols else ""}
+            "data": protocols["tema"]["data"] if "tema" in protocols else "",
+            "sources": _sources(protocols)}
+
+
+def _sources(protocols: dict[str, Any]) -> dict[str, str]:
+    """What produced the numbers, over every variant: negatives, preset, training loss, encoders; the tag source
+    of the full model and of Table IV's keyword row (the one row whose tags come from elsewhere)."""
+    every = lambda key: " / ".join(sorted({str(p.get(key, "")) for p in protocols.values()}))  # noqa: E731
+    tags = {name: protocols[name]["tags"] for name in ("tema", KEYWORD_ROW) if name in protocols}
+    return {"negatives": every("negatives"), "preset": presets(protocols), "training": every("training"),
+            "encoders": every("encoders"), "tags": tags}
 
 
 def _versus(test: dict[str, Any] | None) -> str:
@@ -246,12 +256,19 @@ def format_ablations(summary: dict[str, Any]) -> str:
     lines = ["# TEMA ablations", "",
              f"- data: {summary['data']}",
              "- test MRR in %, sampled protocol (the paper's), mean over seeds; the paper's column is its Movie "
-             "domain (Movie-Book data), for reference only",
-             "- rows 1-3 of Table IV use one merged-sequence encoder; the keyword row is trained on a copy of the "
-             "dataset whose tags come from keyword matching against the same vocabulary",
-             "- Δ vs full: the row's test MRR minus the full model's (points), on the same test instances over the "
-             "seeds both ran (each instance's reciprocal rank averaged over them), with the paired bootstrap 95% "
-             "interval and the Wilcoxon signed-rank p", ""]
+             "domain (Movie-Book data), for reference only"]
+    sources = summary.get("sources")
+    if sources:  # what produced the numbers
+        label = {"tema": "full model", KEYWORD_ROW: "Table IV's keyword row"}
+        lines += [f"- protocol, sampled: the target against {sources['negatives']} stored negatives of its domain, "
+                  f"negatives preset {sources['preset']}",
+                  f"- training: {sources['training']}; encoders {sources['encoders']}",
+                  *(f"- tags, {label[name]}: {text}" for name, text in sources["tags"].items())]
+    lines += ["- rows 1-3 of Table IV use one merged-sequence encoder; the keyword row is trained on a copy of the "
+              "dataset whose tags come from keyword matching against the same vocabulary",
+              "- Δ vs full: the row's test MRR minus the full model's (points), on the same test instances over the "
+              "seeds both ran (each instance's reciprocal rank averaged over them), with the paired bootstrap 95% "
+              "interval and the Wilcoxon signed-rank p", ""]
     for title, key in (("Table IV: core modules", "table4"), ("Table V: tag representation", "table5"),
                        ("Table VI: tag selection", "table6")):
         lines += _table(title, summary[key], domains) if summary[key] else []

@@ -394,7 +394,7 @@ def format_results(results: dict[str, Any]) -> str:
         f"- data: {'; '.join(datas)}",
         f"- test instances: {', '.join(f'{d} {n:,}' for d, n in n_test.items())}",
         f"- protocol, sampled: the target against {first['negatives']} stored negatives of its domain, "
-        f"negatives preset {_presets(protocols)} (drawn once with seed {first['negative_seed']})",
+        f"negatives preset {presets(protocols)} (drawn once with seed {first['negative_seed']})",
         "- protocol, full: the target's rank among all items of its domain",
         f"- model selection: {first['selection']}; test scored once for the selected checkpoint",
         f"- seeds: {seeds_line}; cells are mean ± sample std over seeds, metrics in %",
@@ -404,7 +404,7 @@ def format_results(results: dict[str, Any]) -> str:
         training = f"trained with {p['training']}; " if p.get("training") else ""
         note = f"; notes: {p['notes']}" if p.get("notes") else ""
         lines.append(f"  - {name}: {training}encoders {p['encoders']}; tags {p['tags']}{note}")
-    titles = {"sampled": f"sampled protocol ({first['negatives']} negatives, preset {_presets(protocols)})",
+    titles = {"sampled": f"sampled protocol ({first['negatives']} negatives, preset {presets(protocols)})",
               "full": "full ranking"}
     for protocol in PROTOCOLS:
         lines += ["", f"## Test, {titles[protocol]}", "", format_table(results, "test", protocol)]
@@ -494,7 +494,7 @@ def _pct(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def _presets(protocols: dict[str, Any]) -> str:
+def presets(protocols: dict[str, Any]) -> str:
     """The negatives preset(s) of the variants (runs from before presets existed used c2dsr)."""
     return " / ".join(sorted({p.get("negatives_preset", "c2dsr") for p in protocols.values()}))
 
