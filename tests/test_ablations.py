@@ -163,8 +163,8 @@ def test_rows_and_the_selected_lambdas_are_tested_against_the_full_model():
     md = ablations.format_ablations(summary)
     assert "Food: Δ vs full" in md
     assert f"| {100 * food['mean_diff']:+.2f} [" in md and "p < 0.001" in md
-    assert "| 0.3 |  | 0.75 (2) |  |  |" in md and "| 0.4 |  |  | 3.75 (1) |  |" in md  # mean of the domains
-    assert "(n): the seeds a cell holds" in md
+    assert "| 0.3 |  | 0.75 (s0,1) |  |  |" in md and "| 0.4 |  |  | 3.75 (s0) |  |" in md  # mean of the domains
+    assert "(sN,M): the seeds a cell holds" in md
     assert "Against the paper's lambdas, same test instances, seeds 0: Food +" in md
 
     results["tema"] = _fake_result(0.09, 0.02)  # now the paper's own cell validates best
@@ -226,3 +226,18 @@ def test_the_report_says_which_protocol_preset_encoders_and_tag_sources_produced
     assert "- training: sampled softmax, 1024; encoders text: all-MiniLM-L6-v2 (384-d), image: none" in md
     assert "- tags, full model: mined + embedding matching" in md
     assert "- tags, Table IV's keyword row: mined + keyword matching" in md
+
+
+def test_grid_cells_of_as_many_but_different_seeds_are_marked_with_their_seeds():
+    results = {"tema": _fake_result(0.01, 0.02), "lambda-0.2-0.2": _fake_result(0.02, 0.02),
+               "lambda-0.4-0.15": _fake_result(0.03, 0.02)}
+    results["tema"]["seeds"] = {"2": {}}
+    results["lambda-0.2-0.2"]["seeds"] = {"2": {}}
+    results["lambda-0.4-0.15"]["seeds"] = {"1": {}}  # one seed like the others, but another one
+    summary = ablations.summarise_ablations(results, {v: {"tags": "t", "data": "d"} for v in results})
+    assert summary["lambda_grid_seed_lists"] == {"0.2,0.2": [2], "0.3,0.1": [2], "0.4,0.15": [1]}
+    md = ablations.format_ablations(summary)
+    assert "| 0.4 |  |  | 2.25 (s1) |  |" in md and "| 0.2 |  |  |  | 1.50 (s2) |" in md
+    results["lambda-0.4-0.15"]["seeds"] = {"2": {}}
+    md = ablations.format_ablations(ablations.summarise_ablations(results, {v: {"tags": "t", "data": "d"} for v in results}))
+    assert "| 0.4 |  |  | 2.25 |  |" in md and "Seeds of every cell: 2." in md

@@ -214,6 +214,7 @@ def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any],
     return {"domains": domains, "table4": rows(TABLE4), "table5": rows(TABLE5), "table6": rows(TABLE6),
             "lambda_grid_valid_mrr": grid,
             "lambda_grid_seeds": {key: len(results[name]["seeds"]) for key, name in cells.items()},
+            "lambda_grid_seed_lists": {key: sorted(int(s) for s in results[name]["seeds"]) for key, name in cells.items()},
             "lambda_selected": best,
             "lambda_selected_test_mrr": _mrr(results[cells[best]], "test") if best else None,
             "lambda_selected_vs_paper": versus.get(cells[best]) if best else None,
@@ -280,14 +281,16 @@ def format_ablations(summary: dict[str, Any]) -> str:
         lines += ["## lambda grid (validation MRR, mean over domains, %)", "",
                   "| lambda1 \\ lambda2 | " + " | ".join(columns) + " |",
                   "|---|" + "---|" * len(columns)]
-        seeds = summary.get("lambda_grid_seeds", {})
+        # the seeds of each cell: cells holding different seeds (not only different counts) are marked with theirs
+        seeds = {k: ",".join(map(str, v)) for k, v in summary.get("lambda_grid_seed_lists", {}).items()}
         uneven = len(set(seeds.values())) > 1
         for l1 in rows:
             keys = [f"{l1},{l2}" for l2 in columns]
-            cells = [(f"{grid[k]:.2f}" + (f" ({seeds[k]})" if uneven else "")) if k in grid else "" for k in keys]
+            cells = [(f"{grid[k]:.2f}" + (f" (s{seeds[k]})" if uneven else "")) if k in grid else "" for k in keys]
             lines.append(f"| {l1} | " + " | ".join(cells) + " |")
-        lines += ["", "(n): the seeds a cell holds, where the cells differ; its figure is their mean." if uneven
-                  else f"Seeds per cell: {next(iter(seeds.values()))}." if seeds else ""]
+        lines += ["", "(sN,M): the seeds a cell holds, where the cells differ; its figure is their mean, so cells of "
+                  "different seeds compare less well than cells of the same ones." if uneven
+                  else f"Seeds of every cell: {next(iter(seeds.values()))}." if seeds else ""]
         test = summary["lambda_selected_test_mrr"]
         lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: 0.3, 0.1); "
                   "its test MRR: " + ", ".join(f"{d} {test[d]:.2f}" for d in domains) + f", mean {test['mean']:.2f}."]
