@@ -33,8 +33,10 @@ from temarec.significance import against_reference, format_p
 
 log = logging.getLogger(__name__)
 
+PAPER_LAMBDAS = (0.3, 0.1)  # the full model's
 FULL = {"model.name": "tema", "model.tema.modalities": "id,img,txt,tag", "model.tema.views": "multi",
-        "tags.selection": "hybrid", "tags.representation": "weighted", "model.tema.lambdas": "0.3,0.1"}
+        "tags.selection": "hybrid", "tags.representation": "weighted",
+        "model.tema.lambdas": "{:g},{:g}".format(*PAPER_LAMBDAS)}
 MERGED_ID_TAG = {**FULL, "model.tema.modalities": "id,tag", "model.tema.views": "merged"}
 KEYWORD_ROW = "tag-keyword-merged"
 
@@ -55,7 +57,6 @@ TABLE6 = [("tags-topr", "Top-R only", 6.29),
 LAMBDA1 = (0.2, 0.3, 0.4, 0.5)
 LAMBDA2 = (0.05, 0.1, 0.15, 0.2)
 TABLES = ("4", "5", "6", "lambda")  # what ``--tables`` selects: Tables IV, V, VI and the lambda grid
-PAPER_LAMBDAS = (0.3, 0.1)  # the full model's
 LAMBDA_PREFIX = "lambda-"
 
 
@@ -80,8 +81,10 @@ def lambda_cell(name: str) -> tuple[float, float] | None:
     """(lambda1, lambda2) of a grid variant's name, None for any other name (another table's variant)."""
     if name == "tema":
         return PAPER_LAMBDAS
+    if not name.startswith(LAMBDA_PREFIX):
+        return None
     try:
-        l1, l2 = name.removeprefix(LAMBDA_PREFIX).split("-") if name.startswith(LAMBDA_PREFIX) else ("", "")
+        l1, l2 = name[len(LAMBDA_PREFIX):].split("-")
         return float(l1), float(l2)
     except ValueError:
         return None
@@ -207,14 +210,15 @@ def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any],
 
     found = {cell: name for name in results if (cell := lambda_cell(name))}
     cells = {f"{l1:g},{l2:g}": found[l1, l2] for l1, l2 in sorted(found)}
-    if not any(v.startswith(LAMBDA_PREFIX) for v in results):  # the full model alone is no grid
+    if set(cells.values()) <= {"tema"}:  # the full model alone is no grid
         cells = {}
     grid = {key: _mrr(results[name], "valid")["mean"] for key, name in cells.items()}
+    seed_lists = {key: sorted(int(s) for s in results[name]["seeds"]) for key, name in cells.items()}
     best = max(grid, key=grid.get) if grid else None
     return {"domains": domains, "table4": rows(TABLE4), "table5": rows(TABLE5), "table6": rows(TABLE6),
             "lambda_grid_valid_mrr": grid,
-            "lambda_grid_seeds": {key: len(results[name]["seeds"]) for key, name in cells.items()},
-            "lambda_grid_seed_lists": {key: sorted(int(s) for s in results[name]["seeds"]) for key, name in cells.items()},
+            "lambda_grid_seeds": {key: len(seeds) for key, seeds in seed_lists.items()},
+            "lambda_grid_seed_lists": seed_lists,
             "lambda_selected": best,
             "lambda_selected_test_mrr": _mrr(results[cells[best]], "test") if best else None,
             "lambda_selected_vs_paper": versus.get(cells[best]) if best else None,
@@ -292,10 +296,11 @@ def format_ablations(summary: dict[str, Any]) -> str:
                   "different seeds compare less well than cells of the same ones." if uneven
                   else f"Seeds of every cell: {next(iter(seeds.values()))}." if seeds else ""]
         test = summary["lambda_selected_test_mrr"]
-        lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: 0.3, 0.1); "
+        paper = "{:g}, {:g}".format(*PAPER_LAMBDAS)
+        lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: {paper}); "
                   "its test MRR: " + ", ".join(f"{d} {test[d]:.2f}" for d in domains) + f", mean {test['mean']:.2f}."]
         versus = summary.get("lambda_selected_vs_paper")
-        if summary["lambda_selected"] == "{:g},{:g}".format(*PAPER_LAMBDAS):
+        if summary["lambda_selected"] == paper.replace(" ", ""):
             lines.append("These are the paper's lambdas: validation picks the full model itself.")
         elif versus:
             used = next(iter(versus.values()))["seeds"]
