@@ -34,9 +34,16 @@ from temarec.significance import against_reference, format_p
 log = logging.getLogger(__name__)
 
 PAPER_LAMBDAS = (0.3, 0.1)  # the full model's
+
+
+def lambda_text(l1: float, l2: float) -> str:
+    """"0.3,0.1": a grid cell as ``model.tema.lambdas`` takes it and as the reports key it."""
+    return f"{l1:g},{l2:g}"
+
+
 FULL = {"model.name": "tema", "model.tema.modalities": "id,img,txt,tag", "model.tema.views": "multi",
         "tags.selection": "hybrid", "tags.representation": "weighted",
-        "model.tema.lambdas": "{:g},{:g}".format(*PAPER_LAMBDAS)}
+        "model.tema.lambdas": lambda_text(*PAPER_LAMBDAS)}
 MERGED_ID_TAG = {**FULL, "model.tema.modalities": "id,tag", "model.tema.views": "merged"}
 KEYWORD_ROW = "tag-keyword-merged"
 
@@ -108,7 +115,7 @@ def variants(tables: tuple[str, ...] = TABLES, lambda1: tuple[float, ...] = LAMB
         "tags-topr": {**FULL, "tags.selection": "topr"},
         "tags-threshold": {**FULL, "tags.selection": "threshold"},
     }
-    grid = {lambda_name(l1, l2): {**FULL, "model.tema.lambdas": f"{l1:g},{l2:g}"} for l1 in lambda1 for l2 in lambda2}
+    grid = {lambda_name(l1, l2): {**FULL, "model.tema.lambdas": lambda_text(l1, l2)} for l1 in lambda1 for l2 in lambda2}
     wanted = {"4": [v for v, _, _ in TABLE4 if v != KEYWORD_ROW], "5": [v for v, _, _ in TABLE5],
               "6": [v for v, _, _ in TABLE6], "lambda": ["tema", *(v for v in grid if v != "tema")]}
     overrides = {**rows, **grid}
@@ -209,7 +216,7 @@ def summarise_ablations(results: dict[str, Any], protocols: dict[str, Any],
                  "tags": protocols[v]["tags"], "vs_full": versus.get(v)} for v, label, paper in table if v in results]
 
     found = {cell: name for name in results if (cell := lambda_cell(name))}
-    cells = {f"{l1:g},{l2:g}": found[l1, l2] for l1, l2 in sorted(found)}
+    cells = {lambda_text(l1, l2): found[l1, l2] for l1, l2 in sorted(found)}
     if set(cells.values()) <= {"tema"}:  # the full model alone is no grid
         cells = {}
     grid = {key: _mrr(results[name], "valid")["mean"] for key, name in cells.items()}
@@ -296,11 +303,11 @@ def format_ablations(summary: dict[str, Any]) -> str:
                   "different seeds compare less well than cells of the same ones." if uneven
                   else f"Seeds of every cell: {next(iter(seeds.values()))}." if seeds else ""]
         test = summary["lambda_selected_test_mrr"]
-        paper = "{:g}, {:g}".format(*PAPER_LAMBDAS)
-        lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: {paper}); "
+        paper = lambda_text(*PAPER_LAMBDAS)
+        lines += ["", f"Selected on validation: lambda1, lambda2 = {summary['lambda_selected']} (paper: {paper.replace(',', ', ')}); "
                   "its test MRR: " + ", ".join(f"{d} {test[d]:.2f}" for d in domains) + f", mean {test['mean']:.2f}."]
         versus = summary.get("lambda_selected_vs_paper")
-        if summary["lambda_selected"] == paper.replace(" ", ""):
+        if summary["lambda_selected"] == paper:
             lines.append("These are the paper's lambdas: validation picks the full model itself.")
         elif versus:
             used = next(iter(versus.values()))["seeds"]
